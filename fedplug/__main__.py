@@ -1,0 +1,5 @@
+import sys
+
+from fedplug.cli import main
+
+sys.exit(main())

@@ -1,0 +1,174 @@
+"""Load a config: schema defaults, then a YAML file, then `KEY VALUE` overrides.
+
+Every user mistake ends in a `ConfigError` whose message names the key and says what is wrong:
+unknown keys come with the closest valid ones, wrong types with the expected type and the value.
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from fedplug.config.schema import ROOT, ConfigNode, Key, Section
+from fedplug.errors import ConfigError
+
+
+def suggest(path: str, candidates: Iterable[str]) -> str:
+    """' Did you mean ...?' for the closest candidates, or ''."""
+    candidates = list(candidates)
+    leaf = path.rsplit(".", 1)[-1]
+    same_leaf = [c for c in candidates if c.rsplit(".", 1)[-1] == leaf]  # right key, wrong section
+    close = difflib.get_close_matches(path, candidates, n=3, cutoff=0.6)
+    picks = list(dict.fromkeys(same_leaf + close))[:3]
+    return f" Did you mean {' or '.join(repr(c) for c in picks)}?" if picks else ""
+
+
+def type_name(key: Key) -> str:
+    if key.value_type is list:
+        return f"list of {key.item_type.__name__}" if key.item_type else "list"
+    return key.value_type.__name__
+
+
+def coerce(path: str, key: Key, value: Any) -> Any:
+    """Check `value` against `key` and return it in the key's type."""
+    expected = key.value_type
+    ok = True
+    if expected is bool:
+        ok = isinstance(value, bool)
+    elif expected is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif expected is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif expected is str:
+        ok = isinstance(value, str)
+    elif expected is list:
+        value = list(value) if isinstance(value, (list, tuple)) else value
+        ok = isinstance(value, list)
+        if ok and key.item_type is not None:
+            items = [coerce(f"{path}[{i}]", Key(None, "", type=key.item_type), v) for i, v in enumerate(value)]
+            value = items
+    if not ok:
+        raise ConfigError(f"config key '{path}' expects {type_name(key)}, got {value!r} ({type(value).__name__})")
+    if key.choices is not None and value not in key.choices:
+        options = ", ".join(repr(c) for c in key.choices)
+        raise ConfigError(f"config key '{path}' must be one of {options}; got {value!r}.{suggest(str(value), map(str, key.choices))}")
+    if key.check is not None and not key.check(value):
+        raise ConfigError(f"config key '{path}' must be {key.check_msg}; got {value!r}")
+    return value
+
+
+def _flatten(tree: dict[str, Any], section: Section, prefix: str, source: str) -> dict[str, Any]:
+    """Dotted key -> raw value for a nested YAML mapping, checked against the schema's shape."""
+    flat: dict[str, Any] = {}
+    all_keys = [p for p, _ in ROOT.walk()]
+    for name, value in tree.items():
+        path = f"{prefix}{name}"
+        entry = section.entries.get(str(name))
+        if entry is None:
+            raise ConfigError(f"unknown config key '{path}' in {source}.{suggest(path, all_keys)}")
+        if isinstance(entry, Section):
+            if not isinstance(value, dict):
+                raise ConfigError(f"'{path}' in {source} is a section; write its keys below it, e.g. {path}.{next(iter(entry.entries))}")
+            flat.update(_flatten(value, entry, path + ".", source))
+        else:
+            flat[path] = value
+    return flat
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        tree = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"cannot parse YAML in {path}{where}: {problem}") from None
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path} must hold a YAML mapping of config keys, not {type(tree).__name__}")
+    return tree
+
+
+def parse_overrides(args: list[str]) -> dict[str, str]:
+    """`KEY VALUE` pairs and `KEY=VALUE` words, in order, as raw strings."""
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(args):
+        word = args[i]
+        if "=" in word:
+            name, raw = word.split("=", 1)
+            i += 1
+        elif i + 1 < len(args):
+            name, raw = word, args[i + 1]
+            i += 2
+        else:
+            raise ConfigError(f"override '{word}' has no value; write KEY VALUE or KEY=VALUE")
+        out[name] = raw
+    return out
+
+
+def _parse_override_value(path: str, key: Key, raw: str) -> Any:
+    if key.value_type is str:
+        return raw  # keep strings literal: `expname 007` stays "007"
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise ConfigError(f"config key '{path}' expects {type_name(key)}, got {raw!r}") from None
+
+
+def build_config(values: dict[str, Any]) -> ConfigNode:
+    """A frozen config tree from validated dotted values (defaults fill the rest)."""
+
+    def node(section: Section, prefix: str) -> ConfigNode:
+        out: dict[str, Any] = {}
+        for name, entry in section.entries.items():
+            path = f"{prefix}{name}"
+            out[name] = node(entry, path + ".") if isinstance(entry, Section) else values.get(path, entry.default)
+        return ConfigNode(out, prefix.rstrip("."))
+
+    return node(ROOT, "")
+
+
+def load_config(cfg_file: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> ConfigNode:
+    """Defaults <- YAML file <- overrides, validated. Overrides as CLI words or a {dotted: value} dict."""
+    import fedplug.config.sections  # noqa: F401  (registers the core sections)
+
+    values: dict[str, Any] = {}
+    if cfg_file is not None:
+        values.update(_flatten(read_yaml(cfg_file), ROOT, "", str(cfg_file)))
+    if isinstance(overrides, dict):
+        values.update(_flatten_override_dict(overrides))
+    elif overrides:
+        all_keys = [p for p, _ in ROOT.walk()]
+        for path, raw in parse_overrides(overrides).items():
+            key = ROOT.find(path)
+            if not isinstance(key, Key):
+                if isinstance(key, Section):
+                    raise ConfigError(f"'{path}' is a section, not a key.{suggest(path, all_keys)}")
+                raise ConfigError(f"unknown config key '{path}' in the overrides.{suggest(path, all_keys)}")
+            values[path] = _parse_override_value(path, key, raw)
+    checked = {path: coerce(path, ROOT.find(path), value) for path, value in values.items()}  # type: ignore[arg-type]
+    return build_config(checked)
+
+
+def _flatten_override_dict(overrides: dict[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for path, value in overrides.items():
+        node = nested
+        *parents, leaf = path.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return _flatten(nested, ROOT, "", "overrides")
+
+
+def dump_config(cfg: ConfigNode) -> str:
+    """The resolved config as YAML that `--cfg` reads back to an equal config."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,111 @@
+"""The default training and evaluation routines, written as hooks.
+
+Names follow the seed (`_hook_on_<trigger>_<what>`), so plug-ins and users can anchor to them.
+Context variables the routines read: `model`, `cfg`, `x`/`y` (the current split), `generator`
+(train only), and the schedule the Trainer sets (`num_batch`, `batch_size_cfg`, ...).
+"""
+from __future__ import annotations
+
+import torch
+
+from fedplug.core.context import Context, CtxVar
+from fedplug.core.hooks import HookTable
+
+
+def _hook_on_fit_start_init(ctx: Context) -> None:
+    ctx.model.train()
+    opt = ctx.cfg.train.optimizer
+    ctx.optimizer = CtxVar(torch.optim.SGD(ctx.model.parameters(), lr=opt.lr, momentum=opt.momentum,
+                                           weight_decay=opt.weight_decay), "routine")
+    ctx.num_samples = CtxVar(0, "routine")
+    ctx.loss_total = CtxVar(0.0, "routine")
+
+
+def _hook_on_fit_start_eval_init(ctx: Context) -> None:
+    ctx.model.eval()
+    ctx.num_samples = CtxVar(0, "routine")
+    ctx.loss_total = CtxVar(0.0, "routine")
+    ctx.num_correct = CtxVar(0, "routine")
+
+
+def _hook_on_epoch_start_shuffle(ctx: Context) -> None:
+    """A fresh permutation each epoch, drawn from the client's own generator."""
+    ctx.batch_order = CtxVar(torch.randperm(ctx.x.shape[0], generator=ctx.generator), "epoch")
+
+
+def _hook_on_batch_start_gather(ctx: Context) -> None:
+    start = ctx.cur_batch_i * ctx.batch_size_cfg
+    index = ctx.batch_order[start:start + ctx.batch_size_cfg]
+    ctx.x_batch = CtxVar(ctx.x[index], "batch")
+    ctx.y_batch = CtxVar(ctx.y[index], "batch")
+    ctx.batch_size = CtxVar(index.shape[0], "batch")
+
+
+def _hook_on_batch_start_slice(ctx: Context) -> None:
+    """Evaluation reads contiguous views: no shuffling, no copies."""
+    start = ctx.cur_batch_i * ctx.batch_size_cfg
+    ctx.x_batch = CtxVar(ctx.x[start:start + ctx.batch_size_cfg], "batch")
+    ctx.y_batch = CtxVar(ctx.y[start:start + ctx.batch_size_cfg], "batch")
+    ctx.batch_size = CtxVar(ctx.y_batch.shape[0], "batch")
+
+
+def _hook_on_batch_forward(ctx: Context) -> None:
+    ctx.y_prob = CtxVar(ctx.model(ctx.x_batch), "batch")
+    ctx.loss_batch = CtxVar(ctx.criterion(ctx.y_prob, ctx.y_batch), "batch")
+    ctx.loss_task = CtxVar(ctx.loss_batch, "batch")  # what backward uses; regularizers add to it
+
+
+def _hook_on_batch_backward(ctx: Context) -> None:
+    ctx.optimizer.zero_grad()
+    ctx.loss_task.backward()
+    if ctx.cfg.grad.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(ctx.model.parameters(), ctx.cfg.grad.grad_clip)
+    ctx.optimizer.step()
+
+
+def _hook_on_batch_end(ctx: Context) -> None:
+    ctx.num_samples += ctx.batch_size
+    ctx.loss_total += ctx.loss_batch.item() * ctx.batch_size
+
+
+def _hook_on_batch_end_count_correct(ctx: Context) -> None:
+    ctx.num_correct += int((ctx.y_prob.argmax(dim=1) == ctx.y_batch).sum())
+
+
+def _hook_on_fit_end(ctx: Context) -> None:
+    ctx.results = {"train_total": ctx.num_samples, "train_loss": ctx.loss_total / max(ctx.num_samples, 1)}
+
+
+def _hook_on_fit_end_eval(ctx: Context) -> None:
+    split = ctx.cur_split
+    ctx.results = {f"{split}_total": ctx.num_samples, f"{split}_loss_sum": ctx.loss_total,
+                   f"{split}_correct": ctx.num_correct}
+
+
+def default_train_hooks() -> HookTable:
+    table = HookTable()
+    for trigger, fn in [
+        ("on_fit_start", _hook_on_fit_start_init),
+        ("on_epoch_start", _hook_on_epoch_start_shuffle),
+        ("on_batch_start", _hook_on_batch_start_gather),
+        ("on_batch_forward", _hook_on_batch_forward),
+        ("on_batch_backward", _hook_on_batch_backward),
+        ("on_batch_end", _hook_on_batch_end),
+        ("on_fit_end", _hook_on_fit_end),
+    ]:
+        table.add(trigger, fn, owner="core")
+    return table
+
+
+def default_eval_hooks() -> HookTable:
+    table = HookTable()
+    for trigger, fn in [
+        ("on_fit_start", _hook_on_fit_start_eval_init),
+        ("on_batch_start", _hook_on_batch_start_slice),
+        ("on_batch_forward", _hook_on_batch_forward),
+        ("on_batch_end", _hook_on_batch_end),
+        ("on_batch_end", _hook_on_batch_end_count_correct),
+        ("on_fit_end", _hook_on_fit_end_eval),
+    ]:
+        table.add(trigger, fn, owner="core")
+    return table

@@ -1,0 +1,13 @@
+"""User-facing errors: the CLI prints their message and exits non-zero, without a traceback."""
+
+
+class UserError(Exception):
+    """A mistake in what the user gave us (config, files, data, combination of plug-ins)."""
+
+
+class ConfigError(UserError):
+    """An unknown key, a wrong type or value, an unreadable config file."""
+
+
+class DataError(UserError):
+    """Missing, corrupt or inconsistent data."""

@@ -1,0 +1,21 @@
+"""Models by name (`model.type`), initialised from the run's seed."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from fedplug.config import ConfigNode
+from fedplug.seeding import MODEL_INIT, derive_seed
+
+
+def build_model(cfg: ConfigNode, input_shape: tuple[int, ...]) -> nn.Module:
+    # Initialise under the run's own seed without touching the global RNG of the caller.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(cfg.seed, MODEL_INIT))
+        if cfg.model.type == "lr":
+            from fedplug.models.lr import LogisticRegression
+
+            return LogisticRegression(math.prod(input_shape), cfg.model.out_channels)
+    raise AssertionError(f"model.type '{cfg.model.type}' passed validation but has no builder")

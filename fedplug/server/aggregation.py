@@ -1,0 +1,30 @@
+"""Aggregation: the weighted mean of client parameters, weight = samples processed."""
+from __future__ import annotations
+
+import torch
+
+Params = dict[str, torch.Tensor]
+
+
+class WeightedMean:
+    """Streaming weighted mean: one running sum, however many clients report."""
+
+    def __init__(self, like: Params) -> None:
+        self._sum = {name: torch.zeros_like(t) for name, t in like.items()}
+        self._weight = 0.0
+
+    def add(self, params: Params, weight: float) -> None:
+        if weight <= 0:
+            raise ValueError(f"aggregation weight must be positive, got {weight}")
+        for name, total in self._sum.items():
+            total.add_(params[name], alpha=weight)
+        self._weight += weight
+
+    @property
+    def total_weight(self) -> float:
+        return self._weight
+
+    def result(self) -> Params:
+        if self._weight == 0:
+            raise ValueError("no client result to aggregate")
+        return {name: total / self._weight for name, total in self._sum.items()}

@@ -1,0 +1,17 @@
+"""Which clients train in a round."""
+from __future__ import annotations
+
+import torch
+
+from fedplug.config import ConfigNode
+
+
+def clients_per_round(cfg: ConfigNode, num_clients: int) -> int:
+    fed = cfg.federate
+    k = fed.sample_client_num if fed.sample_client_num > 0 else round(fed.sample_client_rate * num_clients)
+    return min(max(k, 1), num_clients)
+
+
+def sample_clients(num_clients: int, k: int, generator: torch.Generator) -> list[int]:
+    """k distinct clients, uniformly, in increasing id order (so the order of work is canonical)."""
+    return sorted(torch.randperm(num_clients, generator=generator)[:k].tolist())
