@@ -46,9 +46,9 @@ def cmd_run(argv: list[str]) -> int:
 
 def cmd_plan(argv: list[str]) -> int:
     args = _parser("fedplug plan", "Print the hooks of each routine per trigger point, in order.").parse_args(argv)
-    from fedplug.run.plan import describe_plan
+    from fedplug.run.plan import build_plan, describe_plan
 
-    print(describe_plan(_load(args)))
+    print(describe_plan(build_plan(_load(args))))
     return 0
 
 

@@ -40,7 +40,7 @@ def test_int_is_accepted_for_float_and_stored_as_float() -> None:
     ("train.batch_size", "dataloader.batch_size"),  # right leaf, wrong section
 ])
 def test_unknown_override_names_it_and_suggests(given: str, suggested: str) -> None:
-    with pytest.raises(ConfigError, match=rf"'{given}'.*Did you mean '{suggested}'"):
+    with pytest.raises(ConfigError, match=rf"'{given}'.*Did you mean .*'{suggested}'"):
         load_config(None, [given, "1"])
 
 

@@ -145,7 +145,7 @@ def test_scoped_variables_vanish_when_their_scope_ends(small_cfg) -> None:
     trainer.add_hook("train", "on_batch_end", set_vars)
     trainer.add_hook("train", "on_epoch_end", lambda ctx: seen["epoch_end"].append(visible(ctx)), "see_epoch")
     trainer.add_hook("train", "on_fit_end", lambda ctx: seen["fit_end"].append(visible(ctx)), "see_fit")
-    ctx = trainer._context("train", "train", *data(), 2, 3, 2, 1, generator=torch.Generator().manual_seed(0))
+    ctx = trainer._context("train", "train", *data(), 2, 3, 2, 1, generator=torch.Generator().manual_seed(0), lr=0.1)
     trainer.run_routine(trainer.hooks["train"], ctx)
     assert seen["epoch_end"] == [{"my_epoch", "my_routine", "my_plain"}] * 2
     assert seen["fit_end"] == [{"my_routine", "my_plain"}]

@@ -8,7 +8,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 EXPECTED = """\
-plan: FedAvg (plug-ins: fedavg)
+plan: FedAvg (plug-ins: none)
 client train routine:
   on_fit_start       _hook_on_fit_start_init [core]
   on_epoch_start     _hook_on_epoch_start_shuffle [core]
@@ -28,8 +28,8 @@ client eval routine:
   on_epoch_end       -
   on_fit_end         _hook_on_fit_end_eval [core]
 server:
-  aggregate          weighted mean of uploaded parameters, weight = samples processed [fedavg]
-  update             global <- aggregate [fedavg]
+  aggregate          weighted mean of uploaded parameters, weight = samples processed [core]
+  update             global <- aggregate [core]
 """
 
 

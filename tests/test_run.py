@@ -9,14 +9,13 @@ from pathlib import Path
 
 import torch
 
-from fedplug.algorithms.fedavg import load_parameters, shared_parameters
+from fedplug.backends.sequential import SequentialBackend
 from fedplug.config import load_config
-from fedplug.core.trainer import Trainer
 from fedplug.data import build_data
 from fedplug.models import build_model
 from fedplug.run.early_stop import EarlyStopper
+from fedplug.run.plan import build_plan
 from fedplug.run.simulation import run
-from fedplug.seeding import CLIENT_TRAINING, generator
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,15 +68,12 @@ def test_reported_figure_is_test_acc_at_lowest_val_loss_and_early_stop_follows_p
 
 def test_client_randomness_does_not_depend_on_other_clients(small_cfg) -> None:
     cfg = small_cfg()
-    data = build_data(cfg)
-    trainer = Trainer(build_model(cfg, data.input_shape), cfg)
-    start = {k: v.clone() for k, v in shared_parameters(trainer.model).items()}
+    data, plan = build_data(cfg), build_plan(cfg)
+    backend = SequentialBackend(cfg, build_model(cfg, data.input_shape), plan, data)
+    start = {k: v.clone() for k, v in backend.shared_parameters().items()}
 
     def update(client: int, round_num: int = 3) -> dict:
-        load_parameters(trainer.model, start)
-        trainer.train(*data.splits["train"].client(client), generator=generator(cfg.seed, CLIENT_TRAINING,
-                                                                                 round_num, client))
-        return {k: v.clone() for k, v in shared_parameters(trainer.model).items()}
+        return {k: v.clone() for k, v in backend.train_client(client, round_num, start)["params"].items()}
 
     alone = update(5)
     update(1), update(2)  # other clients ran first

@@ -11,17 +11,18 @@ from typing import Any, Iterable
 
 import yaml
 
-from fedplug.config.schema import ROOT, ConfigNode, Key, Section
+from fedplug.config.schema import ALIASES, ROOT, ConfigNode, Key, Section
 from fedplug.errors import ConfigError
 
 
 def suggest(path: str, candidates: Iterable[str]) -> str:
-    """' Did you mean ...?' for the closest candidates, or ''."""
+    """' Did you mean ...?' with the closest candidates (best first), or ''."""
     candidates = list(candidates)
+    ratio = {c: difflib.SequenceMatcher(None, path, c).ratio() for c in candidates}
     leaf = path.rsplit(".", 1)[-1]
-    same_leaf = [c for c in candidates if c.rsplit(".", 1)[-1] == leaf]  # right key, wrong section
-    close = difflib.get_close_matches(path, candidates, n=3, cutoff=0.6)
-    picks = list(dict.fromkeys(same_leaf + close))[:3]
+    close = [c for c in sorted(candidates, key=lambda c: -ratio[c]) if ratio[c] >= 0.6][:2]
+    same_leaf = sorted((c for c in candidates if c.rsplit(".", 1)[-1] == leaf), key=lambda c: -ratio[c])[:2]
+    picks = sorted(set(close + same_leaf), key=lambda c: -ratio[c])  # a right key under a wrong section
     return f" Did you mean {' or '.join(repr(c) for c in picks)}?" if picks else ""
 
 
@@ -67,6 +68,9 @@ def _flatten(tree: dict[str, Any], section: Section, prefix: str, source: str) -
     for name, value in tree.items():
         path = f"{prefix}{name}"
         entry = section.entries.get(str(name))
+        if entry is None and path in ALIASES:
+            flat[ALIASES[path]] = value
+            continue
         if entry is None:
             raise ConfigError(f"unknown config key '{path}' in {source}.{suggest(path, all_keys)}")
         if isinstance(entry, Section):
@@ -139,15 +143,25 @@ def build_config(values: dict[str, Any]) -> ConfigNode:
 def load_config(cfg_file: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> ConfigNode:
     """Defaults <- YAML file <- overrides, validated. Overrides as CLI words or a {dotted: value} dict."""
     import fedplug.config.sections  # noqa: F401  (registers the core sections)
+    from fedplug.algorithms.registry import load_external_plugins
+
+    tree = read_yaml(cfg_file) if cfg_file is not None else {}
+    words = parse_overrides(overrides) if overrides and not isinstance(overrides, dict) else {}
+    sections = set(tree) | {k.split(".")[0] for k in (overrides if isinstance(overrides, dict) else words)}
+    modules = list(tree.get("plugins") or []) + _override_list(words.get("plugins"))
+    if isinstance(overrides, dict):
+        modules += list(overrides.get("plugins") or [])
+    load_external_plugins(modules, sections)  # user plug-ins register their sections before validation
 
     values: dict[str, Any] = {}
     if cfg_file is not None:
-        values.update(_flatten(read_yaml(cfg_file), ROOT, "", str(cfg_file)))
+        values.update(_flatten(tree, ROOT, "", str(cfg_file)))
     if isinstance(overrides, dict):
         values.update(_flatten_override_dict(overrides))
-    elif overrides:
+    elif words:
         all_keys = [p for p, _ in ROOT.walk()]
-        for path, raw in parse_overrides(overrides).items():
+        for path, raw in words.items():
+            path = ALIASES.get(path, path)
             key = ROOT.find(path)
             if not isinstance(key, Key):
                 if isinstance(key, Section):
@@ -156,6 +170,13 @@ def load_config(cfg_file: str | Path | None = None, overrides: list[str] | dict[
             values[path] = _parse_override_value(path, key, raw)
     checked = {path: coerce(path, ROOT.find(path), value) for path, value in values.items()}  # type: ignore[arg-type]
     return build_config(checked)
+
+
+def _override_list(raw: str | None) -> list[str]:
+    if raw is None:
+        return []
+    value = yaml.safe_load(raw)
+    return value if isinstance(value, list) else [str(value)]
 
 
 def _flatten_override_dict(overrides: dict[str, Any]) -> dict[str, Any]:

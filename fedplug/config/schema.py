@@ -53,6 +53,7 @@ class Section:
 
 
 ROOT = Section("fedplug configuration")
+ALIASES: dict[str, str] = {}  # FederatedScope spelling -> our key, e.g. model.model_num_per_trainer
 
 
 def register_section(name: str, section: Section) -> None:
@@ -60,6 +61,11 @@ def register_section(name: str, section: Section) -> None:
     if name in ROOT.entries:
         raise ValueError(f"config section '{name}' is already registered")
     ROOT.entries[name] = section
+
+
+def register_alias(alias: str, target: str) -> None:
+    """Accept `alias` as another spelling of the key `target`."""
+    ALIASES[alias] = target
 
 
 def register_key(name: str, key: Key) -> None:

@@ -8,11 +8,13 @@ _non_negative = dict(check=lambda v: v >= 0, check_msg=">= 0")
 
 register_key("seed", Key(0, "root seed: every per-round and per-client generator derives from it", **_non_negative))
 register_key("outdir", Key("exp", "folder under which each run gets its own run folder"))
+register_key("plugins", Key([], "user plug-ins to load before the config is read: module names or .py files",
+                            type=list, item_type=str))
 register_key("expname", Key("", "run folder name prefix; empty: <method>_<model>_on_<data>"))
 
 register_section("federate", Section("the federation: rounds, clients, sampling", {
     "mode": Key("standalone", "standalone: server and clients simulated in one process", choices=("standalone",)),
-    "method": Key("FedAvg", "the federated algorithm; FedAvg is the default", choices=("FedAvg",)),
+    "method": Key("FedAvg", "FedAvg (default) or an algorithm's name, e.g. FedProx: the same as <name>.use True"),
     "total_round_num": Key(200, "number of training rounds", **_positive),
     "client_num": Key(0, "clients taking part; 0: every client of the data set, k: its first k", **_non_negative),
     "sample_client_rate": Key(1.0, "fraction of clients sampled each round, in (0, 1]",

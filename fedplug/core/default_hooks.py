@@ -1,8 +1,10 @@
 """The default training and evaluation routines, written as hooks.
 
 Names follow the seed (`_hook_on_<trigger>_<what>`), so plug-ins and users can anchor to them.
-Context variables the routines read: `model`, `cfg`, `x`/`y` (the current split), `generator`
-(train only), and the schedule the Trainer sets (`num_batch`, `batch_size_cfg`, ...).
+Context variables the routines read: `model`, `cfg`, `criterion`, `x`/`y` (the current split),
+`generator` and `lr` (train only), and the schedule the Trainer sets (`num_batch`,
+`batch_size_cfg`, ...). The runner adds `client_id`, `client_states`, `global_params` (what the
+client received) and `trainer`.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from fedplug.core.hooks import HookTable
 def _hook_on_fit_start_init(ctx: Context) -> None:
     ctx.model.train()
     opt = ctx.cfg.train.optimizer
-    ctx.optimizer = CtxVar(torch.optim.SGD(ctx.model.parameters(), lr=opt.lr, momentum=opt.momentum,
+    ctx.optimizer = CtxVar(torch.optim.SGD(ctx.model.parameters(), lr=ctx.lr, momentum=opt.momentum,
                                            weight_decay=opt.weight_decay), "routine")
     ctx.num_samples = CtxVar(0, "routine")
     ctx.loss_total = CtxVar(0.0, "routine")
@@ -36,6 +38,7 @@ def _hook_on_epoch_start_shuffle(ctx: Context) -> None:
 def _hook_on_batch_start_gather(ctx: Context) -> None:
     start = ctx.cur_batch_i * ctx.batch_size_cfg
     index = ctx.batch_order[start:start + ctx.batch_size_cfg]
+    ctx.batch_index = CtxVar(index, "batch")  # rows of ctx.x in this batch
     ctx.x_batch = CtxVar(ctx.x[index], "batch")
     ctx.y_batch = CtxVar(ctx.y[index], "batch")
     ctx.batch_size = CtxVar(index.shape[0], "batch")
@@ -80,6 +83,22 @@ def _hook_on_fit_end_eval(ctx: Context) -> None:
     split = ctx.cur_split
     ctx.results = {f"{split}_total": ctx.num_samples, f"{split}_loss_sum": ctx.loss_total,
                    f"{split}_correct": ctx.num_correct}
+
+
+# Context fields each core hook writes: composition refuses a plug-in hook that writes one of
+# them at the same trigger point without declaring its order relative to the core hook.
+CORE_WRITES: dict[str, tuple[str, ...]] = {
+    "_hook_on_fit_start_init": ("optimizer", "num_samples", "loss_total"),
+    "_hook_on_fit_start_eval_init": ("num_samples", "loss_total", "num_correct"),
+    "_hook_on_epoch_start_shuffle": ("batch_order",),
+    "_hook_on_batch_start_gather": ("batch_index", "x_batch", "y_batch", "batch_size"),
+    "_hook_on_batch_start_slice": ("x_batch", "y_batch", "batch_size"),
+    "_hook_on_batch_forward": ("y_prob", "loss_batch", "loss_task"),
+    "_hook_on_batch_end": ("num_samples", "loss_total"),
+    "_hook_on_batch_end_count_correct": ("num_correct",),
+    "_hook_on_fit_end": ("results",),
+    "_hook_on_fit_end_eval": ("results",),
+}
 
 
 def default_train_hooks() -> HookTable:

@@ -40,15 +40,20 @@ class Trainer:
         self.hooks: dict[str, HookTable] = {"train": default_train_hooks(), "eval": default_eval_hooks()}
 
     # -- running ---------------------------------------------------------------------------------
-    def train(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, **extra: Any) -> dict[str, Any]:
-        """One local update on (x, y); returns `train_total` (samples processed) and `train_loss`."""
+    def train(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, *, table: HookTable | None = None,
+              local_update_steps: int | None = None, lr: float | None = None, **extra: Any) -> dict[str, Any]:
+        """One local update on (x, y); returns `train_total` (samples processed) and `train_loss`.
+
+        `table`, `local_update_steps` and `lr` override the configured ones (e.g. Ditto's personal update).
+        """
         train = self.cfg.train
         loader = self.cfg.dataloader
-        per_epoch, epochs, last = schedule(x.shape[0], loader.batch_size, loader.drop_last,
-                                           train.local_update_steps, train.batch_or_epoch)
+        steps = local_update_steps if local_update_steps is not None else train.local_update_steps
+        per_epoch, epochs, last = schedule(x.shape[0], loader.batch_size, loader.drop_last, steps,
+                                           train.batch_or_epoch)
         ctx = self._context("train", "train", x, y, loader.batch_size, per_epoch, epochs, last,
-                            generator=generator, **extra)
-        self.run_routine(self.hooks["train"], ctx)
+                            generator=generator, lr=lr if lr is not None else train.optimizer.lr, **extra)
+        self.run_routine(table or self.hooks["train"], ctx)
         return ctx.results
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, split: str, **extra: Any) -> dict[str, Any]:
@@ -69,6 +74,12 @@ class Trainer:
     @staticmethod
     def run_routine(table: HookTable, ctx: Context) -> None:
         fit_start, epoch_start, batch_start, forward, backward, batch_end, epoch_end, fit_end = table.functions()
+
+        def run_forward() -> None:  # for hooks that re-evaluate the loss after changing the model (pFedMe)
+            for hook in forward:
+                hook(ctx)
+
+        ctx.run_forward = run_forward
         for hook in fit_start:
             hook(ctx)
         for epoch_i in range(ctx.num_epoch):

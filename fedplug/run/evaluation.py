@@ -11,18 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from fedplug.core.trainer import Trainer
-from fedplug.data.federated import FederatedData
-
 EVAL_SPLITS = ("val", "test")
-
-
-def evaluate_clients(trainer: Trainer, data: FederatedData, clients: range | list[int]) -> dict[str, list[dict]]:
-    """Per split, each client's loss sum, correct count and total (the model is already loaded)."""
-    out: dict[str, list[dict]] = {}
-    for split in EVAL_SPLITS:
-        out[split] = [trainer.evaluate(*data.splits[split].client(c), split=split) for c in clients]
-    return out
 
 
 def pool(per_client: dict[str, list[dict[str, Any]]]) -> dict[str, float]:

@@ -13,9 +13,9 @@ from fedplug.config import ConfigNode, dump_config
 logger = logging.getLogger("fedplug")
 
 
-def make_run_dir(cfg: ConfigNode) -> Path:
+def make_run_dir(cfg: ConfigNode, label: str) -> Path:
     """A new folder `<outdir>/<expname>_<time>` (suffixed if taken), holding the resolved config."""
-    name = cfg.expname or f"{cfg.federate.method}_{cfg.model.type}_on_{cfg.data.type}"
+    name = cfg.expname or f"{label}_{cfg.model.type}_on_{cfg.data.type}"
     base = Path(cfg.outdir) / f"{name}_{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir, n = base, 1
     while run_dir.exists():

@@ -1,19 +1,26 @@
-"""The plan of a run, printed by `fedplug plan`: what runs where, in which order."""
+"""The plan of a run, built once at start-up and printed by `fedplug plan`."""
 from __future__ import annotations
 
+from fedplug.algorithms.registry import active_algorithms
 from fedplug.config import ConfigNode
-from fedplug.core.trainer import Trainer
+from fedplug.core.compose import Plan, compose
 
 
-def describe_plan(cfg: ConfigNode) -> str:
-    trainer = Trainer(model=None, cfg=cfg)  # hooks do not depend on the model
-    lines = [f"plan: {cfg.federate.method} (plug-ins: fedavg)"]
-    for routine, table in trainer.hooks.items():
+def build_plan(cfg: ConfigNode) -> Plan:
+    return compose(active_algorithms(cfg))
+
+
+def describe_plan(plan: Plan) -> str:
+    lines = [f"plan: {plan.label} (plug-ins: {', '.join(plan.names) or 'none'})"]
+    for routine, table in plan.tables.items():
         lines.append(f"client {routine} routine:")
         for trigger, hooks in table:
             names = ", ".join(f"{h.name} [{h.owner}]" for h in hooks) or "-"
             lines.append(f"  {trigger:<18} {names}")
     lines.append("server:")
-    lines.append("  aggregate          weighted mean of uploaded parameters, weight = samples processed [fedavg]")
-    lines.append("  update             global <- aggregate [fedavg]")
+    lines.append("  aggregate          weighted mean of uploaded parameters, weight = samples processed [core]")
+    for plugin in plan.plugins:
+        lines += [f"  {line} [{plugin.name}]" for line in plugin.describe_server()]
+    if plan.server_updater is None:
+        lines.append("  update             global <- aggregate [core]")
     return "\n".join(lines)

@@ -14,15 +14,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fedplug.algorithms.fedavg import load_parameters, shared_parameters
+from fedplug.backends.sequential import SequentialBackend
 from fedplug.config import ConfigNode
-from fedplug.core.trainer import Trainer
 from fedplug.data import build_data
 from fedplug.models import build_model
 from fedplug.run.early_stop import EarlyStopper
-from fedplug.run.evaluation import evaluate_clients, pool
+from fedplug.run.evaluation import EVAL_SPLITS, pool
 from fedplug.run.outputs import MetricsLog, make_run_dir, plot_learning_curve, progress, setup_logging
-from fedplug.seeding import CLIENT_SAMPLING, CLIENT_TRAINING, generator
+from fedplug.run.plan import build_plan
+from fedplug.seeding import CLIENT_SAMPLING, generator
 from fedplug.server.aggregation import WeightedMean
 from fedplug.server.sampling import clients_per_round, sample_clients
 
@@ -32,21 +32,22 @@ logger = logging.getLogger("fedplug")
 def run(cfg: ConfigNode, run_dir: Path | None = None) -> dict[str, Any]:
     """Run the configured federation; returns the final summary (also written to the run folder)."""
     started = time.perf_counter()
-    run_dir = run_dir or make_run_dir(cfg)
+    plan = build_plan(cfg)  # refuses impossible combinations before any work
+    run_dir = run_dir or make_run_dir(cfg, plan.label)
     setup_logging(run_dir)
     data = build_data(cfg)
-    model = build_model(cfg, data.input_shape)
-    trainer = Trainer(model, cfg)
+    model = build_model(cfg, data.input_shape, plan)
+    backend = SequentialBackend(cfg, model, plan, data)
     num_clients, fed = data.num_clients, cfg.federate
     per_round = clients_per_round(cfg, num_clients)
     logger.info("run folder %s", run_dir)
-    logger.info("%s on %s: %d clients, %d per round, %d rounds", fed.method, data.name, num_clients, per_round,
+    logger.info("%s on %s: %d clients, %d per round, %d rounds", plan.label, data.name, num_clients, per_round,
                 fed.total_round_num)
 
-    global_params = {k: v.clone() for k, v in shared_parameters(model).items()}
+    global_params = {k: v.clone() for k, v in backend.shared_parameters().items()}
     stopper = EarlyStopper(cfg.early_stop.patience, cfg.early_stop.delta)
     metrics = MetricsLog(run_dir / "metrics.jsonl")
-    bar = progress(fed.total_round_num, f"{fed.method} on {data.name}")
+    bar = progress(fed.total_round_num, f"{plan.label} on {data.name}")
     redirect = contextlib.nullcontext()
     if bar is not None:
         from tqdm.contrib.logging import logging_redirect_tqdm
@@ -58,20 +59,17 @@ def run(cfg: ConfigNode, run_dir: Path | None = None) -> dict[str, Any]:
             sampled = sample_clients(num_clients, per_round, generator(cfg.seed, CLIENT_SAMPLING, round_num))
             mean, train_loss_sum = WeightedMean(global_params), 0.0
             for client in sampled:
-                load_parameters(model, global_params)
-                result = trainer.train(*data.splits["train"].client(client),
-                                       generator=generator(cfg.seed, CLIENT_TRAINING, round_num, client))
-                mean.add(shared_parameters(model), result["train_total"])
+                result = backend.train_client(client, round_num, global_params)
+                mean.add(result["params"], result["train_total"])
                 train_loss_sum += result["train_loss"] * result["train_total"]
-            global_params = mean.result()
+            global_params = plan.update_global(global_params, mean.result())
             rounds_run = round_num
             if bar is not None:
                 bar.update(1)
             if round_num % cfg.eval.freq and round_num != fed.total_round_num:
                 continue
-            load_parameters(model, global_params)
             record = {"round": round_num, "train_loss": train_loss_sum / mean.total_weight,
-                      **pool(evaluate_clients(trainer, data, range(num_clients)))}
+                      **pool({split: backend.evaluate(global_params, split) for split in EVAL_SPLITS})}
             metrics.write(record)
             stop = stopper.update(round_num, record["val_loss"], record)
             logger.info("round %d: val_loss %.4f, val_acc %.4f, test_acc %.4f", round_num, record["val_loss"],
@@ -83,14 +81,14 @@ def run(cfg: ConfigNode, run_dir: Path | None = None) -> dict[str, Any]:
     if bar is not None:
         bar.close()
     metrics.close()
-    return _finish(cfg, run_dir, metrics.records, stopper, rounds_run, time.perf_counter() - started)
+    return _finish(cfg, plan.label, run_dir, metrics.records, stopper, rounds_run, time.perf_counter() - started)
 
 
-def _finish(cfg: ConfigNode, run_dir: Path, records: list[dict], stopper: EarlyStopper, rounds_run: int,
+def _finish(cfg: ConfigNode, label: str, run_dir: Path, records: list[dict], stopper: EarlyStopper, rounds_run: int,
             seconds: float) -> dict[str, Any]:
     best = stopper.best_metrics
     result = {
-        "method": cfg.federate.method,
+        "method": label,
         "data": cfg.data.type,
         "best_round": stopper.best_round,
         "test_acc": best.get("test_acc"),
@@ -106,7 +104,7 @@ def _finish(cfg: ConfigNode, run_dir: Path, records: list[dict], stopper: EarlyS
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if records:
         plot_learning_curve(records, run_dir / "learning_curve.png",
-                            f"{cfg.federate.method} on {cfg.data.type} (seed {cfg.seed})")
+                            f"{label} on {cfg.data.type} (seed {cfg.seed})")
     logger.info("best round %s: weighted test accuracy %.2f%% (%.1f s)", stopper.best_round,
                 100 * (result["test_acc"] or 0.0), seconds)
     return result

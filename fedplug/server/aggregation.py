@@ -1,4 +1,9 @@
-"""Aggregation: the weighted mean of client parameters, weight = samples processed."""
+"""Aggregation: the weighted mean of client parameters, weight = samples processed.
+
+This is FedAvg (McMahan et al., "Communication-Efficient Learning of Deep Networks from
+Decentralized Data", AISTATS 2017), the default: with no algorithm switched on, the global model
+becomes this mean. Plug-ins transform it or move the global model from it (see core/compose.py).
+"""
 from __future__ import annotations
 
 import torch

@@ -1,0 +1,95 @@
+"""Algorithms by name: the built-ins (imported only when switched on), the user's (a decorator),
+and installed packages' (the `fedplug.algorithms` entry point group).
+
+    @register_algorithm
+    class MyAlgo(Plugin):
+        name = "myalgo"       # config section with at least a `use` key
+        ...
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import fedplug.algorithms.schemas  # noqa: F401  (built-in config sections; no algorithm code)
+from fedplug.config import ConfigNode
+from fedplug.config.load import suggest
+from fedplug.config.schema import ROOT
+from fedplug.core.plugin import Plugin
+from fedplug.errors import ConfigError
+
+# name -> (FederatedScope method name, implementation), in plan order
+BUILTIN = {
+    "fedbn": ("FedBN", "fedplug.algorithms.fedbn:FedBN"),
+    "fedprox": ("FedProx", "fedplug.algorithms.fedprox:FedProx"),
+    "pfedme": ("pFedMe", "fedplug.algorithms.pfedme:PFedMe"),
+    "ditto": ("Ditto", "fedplug.algorithms.ditto:Ditto"),
+    "fedem": ("FedEM", "fedplug.algorithms.fedem:FedEM"),
+    "fedopt": ("FedOpt", "fedplug.algorithms.fedopt:FedOpt"),
+}
+ENTRY_POINT_GROUP = "fedplug.algorithms"
+_registered: dict[str, type[Plugin]] = {}
+
+
+def register_algorithm(cls: type[Plugin]) -> type[Plugin]:
+    """Make `cls` available by `cls.name`; its config section must be registered first."""
+    section = ROOT.entries.get(cls.name)
+    if section is None or "use" not in getattr(section, "entries", {}):
+        raise ValueError(f"register the config section '{cls.name}' (with a `use` key) before the algorithm")
+    if cls.name in BUILTIN or _registered.get(cls.name, cls) is not cls:
+        raise ValueError(f"an algorithm named '{cls.name}' is already registered")
+    _registered[cls.name] = cls
+    return cls
+
+
+def load_external_plugins(modules: list[str], sections: set[str]) -> None:
+    """Import user plug-ins named in `plugins`, and installed ones whose section the config uses."""
+    for module in modules:
+        if module.endswith(".py"):
+            path = Path(module)
+            if not path.is_file():
+                raise ConfigError(f"plug-in file not found: {module}")
+            spec = importlib.util.spec_from_file_location(path.stem, path)
+            loaded = importlib.util.module_from_spec(spec)
+            sys.modules[path.stem] = loaded
+            spec.loader.exec_module(loaded)
+        else:
+            try:
+                importlib.import_module(module)
+            except ModuleNotFoundError as err:
+                raise ConfigError(f"cannot import plug-in module '{module}': {err}") from None
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        if entry.name in sections and entry.name not in ROOT.entries:
+            entry.load()
+
+
+def _class(name: str) -> type[Plugin]:
+    if name in _registered:
+        return _registered[name]
+    module, cls = BUILTIN[name][1].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def method_names() -> dict[str, str]:
+    """federate.method value (lower case) -> algorithm name."""
+    names = {method.lower(): name for name, (method, _) in BUILTIN.items()}
+    names.update({(cls.method or cls.name).lower(): name for name, cls in _registered.items()})
+    return names
+
+
+def active_algorithms(cfg: ConfigNode) -> list[Plugin]:
+    """The switched-on algorithms, instantiated, built-ins in plan order then the user's by name."""
+    method = cfg.federate.method
+    methods = method_names()
+    if method.lower() != "fedavg" and method.lower() not in methods:
+        known = ["FedAvg"] + [m for m, _ in BUILTIN.values()] + [c.method or c.name for c in _registered.values()]
+        raise ConfigError(f"federate.method '{method}' is not a known algorithm ({', '.join(known)})."
+                          f"{suggest(method, known)}")
+    on = {methods[method.lower()]} if method.lower() in methods else set()
+    on |= {name for name in list(BUILTIN) + sorted(_registered) if cfg.get(f"{name}.use")}
+    if cfg.personalization.local_param and "fedbn" not in on:
+        on.add("fedbn")  # local parameters are FedBN's mechanism, also when named without fedbn.use
+    return [_class(name)(cfg) for name in list(BUILTIN) + sorted(_registered) if name in on]

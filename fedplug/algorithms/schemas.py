@@ -1,0 +1,62 @@
+"""Config sections of the built-in algorithms (FederatedScope's key names).
+
+Only the schemas live here, so `fedplug config show` lists every key; an algorithm's code is
+imported only when it is switched on.
+"""
+from __future__ import annotations
+
+from fedplug.config.schema import Key, Section, register_alias, register_section
+
+_positive = dict(check=lambda v: v > 0, check_msg="> 0")
+_non_negative = dict(check=lambda v: v >= 0, check_msg=">= 0")
+
+
+def _use(name: str) -> Key:
+    return Key(False, f"switch {name} on (same as federate.method: {name})")
+
+
+register_section("fedopt", Section("FedOpt: a server optimizer on the pseudo-gradient (Reddi et al. 2021)", {
+    "use": _use("FedOpt"),
+    "optimizer": Section("the server optimizer, persistent across rounds", {
+        "type": Key("SGD", "server optimizer", choices=("SGD", "Adam", "Adagrad", "Yogi")),
+        "lr": Key(1.0, "server learning rate", **_positive),
+        "momentum": Key(0.0, "SGD momentum", **_non_negative),
+        "betas": Key([0.9, 0.99], "Adam/Yogi moment decay rates (beta1, beta2)", type=list, item_type=float,
+                     check=lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), check_msg="two values in [0, 1)"),
+        "eps": Key(1e-3, "adaptivity (tau in the paper) of Adam, Adagrad and Yogi", **_positive),
+    }),
+}))
+
+register_section("fedprox", Section("FedProx: a proximal term toward the received model (Li et al. 2020)", {
+    "use": _use("FedProx"),
+    "mu": Key(0.0, "weight of the proximal term mu/2 * ||w - w_global||^2", **_non_negative),
+}))
+
+register_section("fedbn", Section("FedBN: normalization layers stay local (Li et al. 2021)", {
+    "use": _use("FedBN"),
+}))
+
+register_section("personalization", Section("shared keys of the personalized algorithms (FedBN, pFedMe, Ditto)", {
+    "local_param": Key([], "name patterns of parameters kept on the client (never uploaded, never overwritten)",
+                       type=list, item_type=str),
+    "K": Key(5, "pFedMe: inner steps solving for the personalized model", **_positive),
+    "lr": Key(-1.0, "pFedMe personalized / Ditto personal learning rate; <= 0: train.optimizer.lr"),
+    "regular_weight": Key(0.1, "lambda: pull of the personal model toward the local/global one", **_non_negative),
+    "beta": Key(1.0, "pFedMe: server interpolation new = (1 - beta) * old + beta * average",
+                check=lambda v: 0 < v <= 1, check_msg="in (0, 1]"),
+    "local_update_steps": Key(-1, "Ditto: personal-model steps per round; <= 0: train.local_update_steps"),
+}))
+
+register_section("pfedme", Section("pFedMe: Moreau-envelope personalization (Dinh et al. 2020)", {
+    "use": _use("pFedMe"),
+}))
+
+register_section("ditto", Section("Ditto: a personal model per client kept across rounds (Li et al. 2021)", {
+    "use": _use("Ditto"),
+}))
+
+register_section("fedem", Section("FedEM: a mixture of component models per client (Marfoq et al. 2021)", {
+    "use": _use("FedEM"),
+    "num_models": Key(3, "M, the number of component models", **_positive),
+}))
+register_alias("model.model_num_per_trainer", "fedem.num_models")

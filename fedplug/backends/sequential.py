@@ -1,0 +1,84 @@
+"""The sequential backend: one model object, loaded in place with each client's tensors.
+
+A client visit: download (global parameters, plus the client's own local parameters such as
+FedBN's), run the routine with the client's plug-in states in the Context, then read back what it
+uploads (the shared parameters) and what it keeps (its local parameters). Per-client state lives
+in plain dicts of tensors, never in model objects.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from fedplug.config import ConfigNode
+from fedplug.core.compose import Plan
+from fedplug.core.plugin import Params
+from fedplug.core.trainer import Trainer
+from fedplug.data.federated import FederatedData
+from fedplug.seeding import CLIENT_TRAINING, generator
+
+
+class SequentialBackend:
+    def __init__(self, cfg: ConfigNode, model: nn.Module, plan: Plan, data: FederatedData) -> None:
+        self.cfg, self.model, self.plan, self.data = cfg, model, plan, data
+        self.trainer = Trainer(model, cfg)
+        self.trainer.hooks = plan.hook_tables()
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        self.local_names = set().union(*(p.local_parameters(names) for p in plan.plugins))
+        self.shared_names = [n for n in names if n not in self.local_names]
+        # Kept per client: local parameters and every buffer (BatchNorm statistics never travel).
+        self.kept_names = sorted(self.local_names) + [n for n, _ in model.named_buffers()]
+        self._initial_kept = self._read(self.kept_names)
+        self._kept: dict[int, Params] = {}  # client -> its kept tensors
+        self._states: dict[int, dict[str, dict[str, torch.Tensor]]] = {}  # client -> plug-in -> state
+        self.per_client_eval = bool(self.kept_names) or any("personalization" in p.roles for p in plan.plugins)
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        return {**dict(self.model.named_parameters()), **dict(self.model.named_buffers())}
+
+    def _read(self, names: list[str]) -> Params:
+        tensors = self._tensors()
+        return {n: tensors[n].detach().clone() for n in names}
+
+    def shared_parameters(self) -> Params:
+        params = dict(self.model.named_parameters())
+        return {n: params[n].detach() for n in self.shared_names}
+
+    def client_states(self, client: int) -> dict[str, dict[str, torch.Tensor]]:
+        states = self._states.setdefault(client, {})
+        return {p.name: states.setdefault(p.name, {}) for p in self.plan.plugins}
+
+    def download(self, client: int, global_params: Params) -> None:
+        kept = self._kept.get(client, self._initial_kept)
+        with torch.no_grad():
+            for name, t in self._tensors().items():
+                if name in global_params:
+                    t.copy_(global_params[name])
+                elif name in kept:
+                    t.copy_(kept[name])
+
+    def train_client(self, client: int, round_num: int, global_params: Params) -> dict[str, Any]:
+        """One local update; the uploaded parameters are views, read them before the next visit."""
+        self.download(client, global_params)
+        result = self.trainer.train(*self.data.splits["train"].client(client),
+                                    generator=generator(self.cfg.seed, CLIENT_TRAINING, round_num, client),
+                                    client_id=client, client_states=self.client_states(client),
+                                    global_params=global_params, trainer=self.trainer)
+        if self.kept_names:
+            self._kept[client] = self._read(self.kept_names)
+        return {**result, "params": self.shared_parameters()}
+
+    def evaluate(self, global_params: Params, split: str) -> list[dict[str, Any]]:
+        """Every client on `split`, each with the model it is judged by."""
+        results = []
+        if not self.per_client_eval:
+            self.download(0, global_params)
+        for client in range(self.data.num_clients):
+            if self.per_client_eval:
+                self.download(client, global_params)
+            results.append(self.trainer.evaluate(*self.data.splits[split].client(client), split=split,
+                                                 client_id=client, client_states=self.client_states(client),
+                                                 global_params=global_params, trainer=self.trainer))
+        return results

@@ -1,0 +1,154 @@
+"""Composition: the active plug-ins become one immutable plan, once, at start-up.
+
+The plan holds the ordered hooks of each routine, the server pipeline (aggregate -> transforms
+in plan order -> update) and who owns what. Impossible combinations are refused here with a
+sentence naming both parties: two plug-ins in one exclusive role, two replacing the same hook,
+an ordering cycle or a missing anchor, and two plug-ins writing the same context field at one
+trigger point with no order between them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Mapping
+
+from fedplug.core.default_hooks import CORE_WRITES, default_eval_hooks, default_train_hooks
+from fedplug.core.hooks import HookTable
+from fedplug.core.plugin import HookSpec, Params, Plugin
+from fedplug.errors import UserError
+
+ROLE_REASONS = {
+    "personalization": "each keeps its own per-client model and decides which model a client evaluates",
+    "server_update": "each decides how the global model moves from the aggregate",
+    "model": "each replaces the model the clients train",
+}
+
+
+class CompositionError(UserError):
+    """An impossible combination of plug-ins."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    plugins: tuple[Plugin, ...]
+    tables: Mapping[str, HookTable]
+    server_updater: Plugin | None
+
+    def hook_tables(self) -> dict[str, HookTable]:
+        """Fresh copies for a Trainer (the plan itself never changes)."""
+        return {routine: table.copy() for routine, table in self.tables.items()}
+
+    @property
+    def label(self) -> str:
+        """e.g. "FedAvg", "FedProx+Ditto+FedOpt"."""
+        return "+".join(p.method or p.name for p in self.plugins) or "FedAvg"
+
+    @property
+    def names(self) -> list[str]:
+        return [p.name for p in self.plugins]
+
+    def update_global(self, old: Params, aggregate: Params) -> Params:
+        """The server pipeline after aggregation: each plug-in's transform in plan order, then the update."""
+        for plugin in self.plugins:
+            aggregate = plugin.transform_aggregate(old, aggregate)
+        return self.server_updater.server_update(old, aggregate) if self.server_updater else aggregate
+
+
+def _check_roles(plugins: list[Plugin]) -> None:
+    holder: dict[str, Plugin] = {}
+    for plugin in plugins:
+        for role in plugin.roles:
+            if role in holder:
+                other = holder[role]
+                why = ROLE_REASONS.get(role, "the role is exclusive")
+                raise CompositionError(f"{other.name} and {plugin.name} cannot be combined: both fill the "
+                                       f"exclusive role '{role}' ({why}); switch one of them off")
+            holder[role] = plugin
+
+
+def _place(table: HookTable, routine: str, specs: list[tuple[Plugin, HookSpec]]) -> None:
+    """Insert hooks whose anchors are present until none is left; what cannot be placed is a cycle."""
+    pending = list(specs)
+    while pending:
+        progress = False
+        for plugin, spec in list(pending):
+            present = set(table.names(spec.trigger))
+            if not set(spec.before + spec.after) <= present:
+                continue
+            names = table.names(spec.trigger)
+            low = max((names.index(a) + 1 for a in spec.after), default=None)
+            high = min((names.index(b) for b in spec.before), default=None)
+            if low is not None and high is not None and low > high:
+                raise CompositionError(f"{plugin.name}'s hook '{spec.name}' must run after {spec.after} and before "
+                                       f"{spec.before} at {spec.trigger}, but those run in the other order")
+            position = high if high is not None else (low if low is not None else len(names))
+            table.insert_at(spec.trigger, position, spec.fn, spec.name, owner=plugin.name)
+            pending.remove((plugin, spec))
+            progress = True
+        if not progress:
+            plugin, spec = pending[0]
+            missing = [n for n in spec.before + spec.after if n not in table.names(spec.trigger)]
+            waiting = [f"'{s.name}' ({p.name})" for p, s in pending if s.name in missing]
+            if waiting:
+                raise CompositionError(f"ordering cycle at {routine}/{spec.trigger}: {plugin.name}'s hook "
+                                       f"'{spec.name}' and {' and '.join(waiting)} each wait for the other")
+            raise CompositionError(f"{plugin.name}'s hook '{spec.name}' is anchored to {missing} at "
+                                   f"{routine}/{spec.trigger}, but no active plug-in provides it")
+
+
+def _ordered(edges: set[tuple[str, str]], a: str, b: str) -> bool:
+    """Is there a chain of declared orderings from a to b?"""
+    frontier, seen = [a], {a}
+    while frontier:
+        node = frontier.pop()
+        for x, y in edges:
+            if x == node and y not in seen:
+                if y == b:
+                    return True
+                seen.add(y)
+                frontier.append(y)
+    return False
+
+
+def _check_writes(routine: str, table: HookTable, specs: list[tuple[Plugin, HookSpec]]) -> None:
+    for trigger, hooks in table:
+        names = [h.name for h in hooks]
+        edges = {(x, y) for x, y in zip(names, names[1:]) if hooks[names.index(x)].owner == "core"
+                 and hooks[names.index(y)].owner == "core"}
+        writers: list[tuple[str, str, set[str]]] = [(h.name, "core", set(CORE_WRITES.get(h.name, ())))
+                                                    for h in hooks if h.owner == "core"]
+        for plugin, spec in specs:
+            if spec.trigger != trigger:
+                continue
+            edges |= {(a, spec.name) for a in spec.after} | {(spec.name, b) for b in spec.before}
+            writers = [w for w in writers if w[0] != spec.replaces]
+            writers.append((spec.name, plugin.name, set(spec.writes)))
+        for i, (name_a, owner_a, fields_a) in enumerate(writers):
+            for name_b, owner_b, fields_b in writers[i + 1:]:
+                shared = fields_a & fields_b
+                if owner_a != owner_b and shared and not (_ordered(edges, name_a, name_b)
+                                                          or _ordered(edges, name_b, name_a)):
+                    raise CompositionError(
+                        f"{owner_a} and {owner_b} both write ctx.{sorted(shared)[0]} at {routine}/{trigger} "
+                        f"(hooks '{name_a}' and '{name_b}') with no order between them; declare before/after")
+
+
+def compose(plugins: list[Plugin]) -> Plan:
+    _check_roles(plugins)
+    tables = {"train": default_train_hooks(), "eval": default_eval_hooks()}
+    for routine, table in tables.items():
+        specs = [(p, s) for p in plugins for s in p.hooks() if s.routine == routine]
+        replaced: dict[tuple[str, str], str] = {}
+        for plugin, spec in specs:
+            if spec.replaces is None:
+                continue
+            key = (spec.trigger, spec.replaces)
+            if key in replaced:
+                raise CompositionError(f"{replaced[key]} and {plugin.name} cannot be combined: both replace the hook "
+                                       f"'{spec.replaces}' at {routine}/{spec.trigger}")
+            replaced[key] = plugin.name
+            table.replace(spec.trigger, spec.replaces, spec.fn, new_name=spec.name, owner=plugin.name)
+        _place(table, routine, [(p, s) for p, s in specs if s.replaces is None])
+        _check_writes(routine, table, specs)
+    updaters = [p for p in plugins if "server_update" in p.roles]
+    return Plan(tuple(plugins), MappingProxyType(tables), updaters[0] if updaters else None)

@@ -1,0 +1,80 @@
+"""The plug-in contract: what an algorithm declares, in one class.
+
+A plug-in is switched on by `<name>.use: true` (or `federate.method`). It declares:
+- `hooks()`: client hooks, each at a trigger point of a routine, placed relative to named hooks
+  (`before`/`after`), or replacing one (`replaces`), with the context fields it `writes`;
+- `roles`: exclusive roles it fills ("personalization", "server_update", "model", ...): two
+  active plug-ins filling one role are refused at start-up;
+- its server side: `transform_aggregate` (chained, in plan order) and, for the one plug-in with
+  the "server_update" role, `server_update`;
+- `local_parameters(names)`: parameter names that never travel (kept per client);
+- `wrap_model(model, make)`: for the plug-in with the "model" role, the model the clients train;
+- per-client state: `self.state(ctx)` is this plug-in's own dict for the client being visited,
+  kept between rounds by the runner (tensors only).
+Each plug-in sees its own frozen config section as `self.section` and the whole config read-only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import nn
+
+from fedplug.config import ConfigNode
+from fedplug.core.context import Context
+from fedplug.core.hooks import HookFn
+
+Params = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class HookSpec:
+    trigger: str
+    fn: HookFn
+    name: str
+    routine: str = "train"
+    before: tuple[str, ...] = ()
+    after: tuple[str, ...] = ()
+    replaces: str | None = None
+    writes: tuple[str, ...] = ()
+
+
+class Plugin:
+    """Base class of every algorithm; override only what the algorithm changes."""
+
+    name: ClassVar[str]  # registry name = config section
+    method: ClassVar[str] = ""  # FederatedScope's `federate.method` value, e.g. "FedProx"
+    roles: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, cfg: ConfigNode) -> None:
+        self.cfg = cfg
+        self.section = cfg.get(self.name) if self.name in cfg else None
+
+    def hooks(self) -> list[HookSpec]:
+        return []
+
+    def local_parameters(self, names: list[str]) -> set[str]:
+        return set()
+
+    def wrap_model(self, model: nn.Module, make: Callable[[], nn.Module]) -> nn.Module:
+        """The model clients train; `make()` builds another freshly initialised copy (FedEM)."""
+        return model
+
+    def transform_aggregate(self, old: Params, aggregate: Params) -> Params:
+        return aggregate
+
+    def server_update(self, old: Params, aggregate: Params) -> Params:
+        raise NotImplementedError
+
+    def server_state(self) -> dict[str, Any]:
+        """What the server keeps between rounds (checkpointed); {} when nothing."""
+        return {}
+
+    def describe_server(self) -> list[str]:
+        """Lines for `fedplug plan`: what this plug-in does on the server."""
+        return []
+
+    def state(self, ctx: Context) -> dict[str, torch.Tensor]:
+        """This plug-in's kept state for the client being visited (empty on its first visit)."""
+        return ctx.client_states[self.name]
