@@ -32,6 +32,7 @@ BUILTIN = {
 }
 ENTRY_POINT_GROUP = "fedplug.algorithms"
 _registered: dict[str, type[Plugin]] = {}
+_loaded_files: set[Path] = set()  # a user file is executed once per process, however many runs
 
 
 def register_algorithm(cls: type[Plugin]) -> type[Plugin]:
@@ -49,9 +50,12 @@ def load_external_plugins(modules: list[str], sections: set[str]) -> None:
     """Import user plug-ins named in `plugins`, and installed ones whose section the config uses."""
     for module in modules:
         if module.endswith(".py"):
-            path = Path(module)
+            path = Path(module).resolve()
             if not path.is_file():
                 raise ConfigError(f"plug-in file not found: {module}")
+            if path in _loaded_files:
+                continue
+            _loaded_files.add(path)
             spec = importlib.util.spec_from_file_location(path.stem, path)
             loaded = importlib.util.module_from_spec(spec)
             sys.modules[path.stem] = loaded

@@ -122,9 +122,12 @@ def _parse_override_value(path: str, key: Key, raw: str) -> Any:
     if key.value_type is str:
         return raw  # keep strings literal: `expname 007` stays "007"
     try:
-        return yaml.safe_load(raw)
+        value = yaml.safe_load(raw)
     except yaml.YAMLError:
         raise ConfigError(f"config key '{path}' expects {type_name(key)}, got {raw!r}") from None
+    if key.value_type is list and not isinstance(value, list):
+        value = [value]  # `plugins my_algo.py` means a list of one
+    return value
 
 
 def build_config(values: dict[str, Any]) -> ConfigNode:

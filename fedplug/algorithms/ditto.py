@@ -1,0 +1,93 @@
+"""Ditto: Li, Hu, Beirami, Smith, "Ditto: Fair and Robust Federated Learning Through
+Personalization", ICML 2021.
+
+Each client keeps a personal model v across rounds next to the shared global model w. At a visit
+the client first takes `personalization.local_update_steps` SGD steps (lr `personalization.lr`) on
+
+    f_k(v) + lambda/2 * ||v - w_received||^2          (lambda = `personalization.regular_weight`)
+
+and keeps v; then it runs the ordinary local update of w (with any other plug-in's hooks, e.g.
+FedProx) and uploads w only. The server is FedAvg's. Evaluation judges each client by its v.
+
+Choices made here:
+- v starts, at a client's first visit, as the model it received (the global model);
+- the personal update runs before the global one and draws its batches from the same client
+  generator, so both stay deterministic per (seed, round, client);
+- a client that has never trained has no v and is evaluated with the downloaded global model.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fedplug.algorithms.regularizers import get_regularizer
+from fedplug.config import ConfigNode
+from fedplug.core.context import Context, CtxVar
+from fedplug.core.default_hooks import default_train_hooks
+from fedplug.core.hooks import HookTable
+from fedplug.core.plugin import HookSpec, Params, Plugin
+
+PERSONAL_REGULARIZER_HOOK = "_hook_on_batch_forward_ditto_add_personal_term"
+
+
+def _copy_params(model: nn.Module) -> Params:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def _load_params(model: nn.Module, params: Params) -> None:
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(params[name])
+
+
+class Ditto(Plugin):
+    name = "ditto"
+    method = "Ditto"
+    roles = ("personalization",)
+
+    def __init__(self, cfg: ConfigNode) -> None:
+        super().__init__(cfg)
+        personal = cfg.personalization
+        self.regular_weight: float = personal.regular_weight  # lambda
+        self.personal_steps: int = (personal.local_update_steps if personal.local_update_steps > 0
+                                    else cfg.train.local_update_steps)
+        self.personal_lr: float = personal.lr if personal.lr > 0 else cfg.train.optimizer.lr
+        self.regularizer = get_regularizer("proximal_regularizer")  # 1/2 ||w - ctx.global_params||^2
+        # The personal update runs the plain routine plus Ditto's term only: other plug-ins'
+        # hooks (FedProx's proximal term, ...) belong to the global model's update.
+        self.personal_table: HookTable = default_train_hooks()
+        self.personal_table.add("on_batch_forward", self._hook_on_batch_forward_add_personal_term,
+                                PERSONAL_REGULARIZER_HOOK, after="_hook_on_batch_forward", owner=self.name)
+
+    def hooks(self) -> list[HookSpec]:
+        return [
+            HookSpec("on_fit_start", self._hook_on_fit_start_train_personal, "_hook_on_fit_start_ditto_personal",
+                     before=("_hook_on_fit_start_init",), writes=("model", "ditto_personal_results")),
+            HookSpec("on_fit_start", self._hook_on_fit_start_load_personal, "_hook_on_fit_start_ditto_load_personal",
+                     routine="eval", before=("_hook_on_fit_start_eval_init",), writes=("model",)),
+        ]
+
+    def _hook_on_batch_forward_add_personal_term(self, ctx: Context) -> None:
+        """In the personal update: loss += lambda/2 * ||v - w_received||^2."""
+        ctx.ditto_loss_regular = CtxVar(self.regular_weight * self.regularizer(ctx), "batch")
+        ctx.loss_task = CtxVar(ctx.loss_task + ctx.ditto_loss_regular, "batch")
+
+    def _hook_on_fit_start_train_personal(self, ctx: Context) -> None:
+        """Train v (from its last value, or from the received model) before the global update."""
+        state = self.state(ctx)
+        received = _copy_params(ctx.model)  # what the global update must start from
+        if state:
+            _load_params(ctx.model, state)
+        results = ctx.trainer.train(ctx.x, ctx.y, ctx.generator, table=ctx.trainer.hooks['train'].copy() if False else self.personal_table, trainer=ctx.trainer,
+                                    local_update_steps=self.personal_steps, lr=self.personal_lr,
+                                    global_params=ctx.global_params, client_id=ctx.client_id,
+                                    client_states=ctx.client_states)
+        state.update(_copy_params(ctx.model))
+        ctx.ditto_personal_results = CtxVar(results, "routine")
+        _load_params(ctx.model, received)
+
+    def _hook_on_fit_start_load_personal(self, ctx: Context) -> None:
+        """Evaluate with v; a client never trained keeps the downloaded global model."""
+        state = self.state(ctx)
+        if state:
+            _load_params(ctx.model, state)

@@ -1,0 +1,109 @@
+"""pFedMe: Dinh, Tran, Nguyen, "Personalized Federated Learning with Moreau Envelopes", NeurIPS 2020
+(Algorithm 1).
+
+Each client keeps two models during its local update: the local model w (what it uploads) and the
+personalized model theta (held by the model object, so the forward hooks see it). Per batch, theta
+approximately solves min_theta f(theta; batch) + lambda/2 * ||theta - w||^2 with K gradient steps of
+size `personalization.lr`, then w moves toward theta: w <- w - lr * lambda * (w - theta). At the
+start of a round theta = w = the downloaded global model. The client keeps its last theta and is
+evaluated with it (clients never trained are evaluated with the global model). The server moves
+the global model by new = (1 - beta) * old + beta * aggregate.
+
+Deviations and choices: the first inner step uses the loss the forward hooks already computed, later
+ones re-run the forward hooks (so FedProx's term, if on, is part of f). The reported train loss is
+the one of the last forward pass of each batch (at theta after K - 1 inner steps). The updates are
+plain SGD: the configured momentum and weight decay are not applied; gradient-norm clipping
+(`grad.grad_clip`) is applied to each inner step's task gradient.
+Keys: `pfedme.use`, `personalization.K`, `.lr`, `.regular_weight` (lambda), `.beta`.
+"""
+from __future__ import annotations
+
+import torch
+
+from fedplug.config import ConfigNode
+from fedplug.core.context import Context, CtxVar
+from fedplug.core.plugin import HookSpec, Params, Plugin
+
+
+def _trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+class PFedMe(Plugin):
+    name = "pfedme"
+    method = "pFedMe"
+    roles = ("personalization",)
+
+    def __init__(self, cfg: ConfigNode) -> None:
+        super().__init__(cfg)
+        section = cfg.personalization
+        self.inner_steps: int = section.K
+        self.personal_lr: float = section.lr if section.lr > 0 else cfg.train.optimizer.lr
+        self.regular_weight: float = section.regular_weight  # lambda
+        self.beta: float = section.beta
+
+    def hooks(self) -> list[HookSpec]:
+        return [
+            HookSpec("on_fit_start", self._hook_on_fit_start_copy_local_model, "_hook_on_fit_start_copy_local_model",
+                     after=("_hook_on_fit_start_init",), writes=("pfedme_w",)),
+            HookSpec("on_batch_backward", self._hook_on_batch_backward_pfedme, "_hook_on_batch_backward_pfedme",
+                     replaces="_hook_on_batch_backward"),
+            HookSpec("on_fit_end", self._hook_on_fit_end_keep_personal_upload_local,
+                     "_hook_on_fit_end_keep_personal_upload_local", before=("_hook_on_fit_end",)),
+            HookSpec("on_fit_start", self._hook_on_fit_start_load_personal_model, "_hook_on_fit_start_load_personal_model",
+                     routine="eval", after=("_hook_on_fit_start_eval_init",)),
+        ]
+
+    # -- client training ---------------------------------------------------------------------------
+    def _hook_on_fit_start_copy_local_model(self, ctx: Context) -> None:
+        """w starts as the downloaded model; theta (the model object) starts equal to it."""
+        ctx.pfedme_w = CtxVar({n: p.detach().clone() for n, p in _trainable(ctx.model).items()}, "routine")
+
+    def _hook_on_batch_backward_pfedme(self, ctx: Context) -> None:
+        theta = _trainable(ctx.model)
+        local = ctx.pfedme_w
+        for step in range(self.inner_steps):
+            if step > 0:  # the forward hooks computed the loss at the first theta; recompute at the moved one
+                ctx.run_forward()
+            grads = torch.autograd.grad(ctx.loss_task, list(theta.values()))
+            grads = self._clip(grads, ctx.cfg.grad.grad_clip)
+            with torch.no_grad():
+                for (name, p), g in zip(theta.items(), grads):
+                    p.sub_(self.personal_lr * (g + self.regular_weight * (p - local[name])))
+        with torch.no_grad():
+            for name, w in local.items():
+                w.sub_(ctx.lr * self.regular_weight * (w - theta[name]))
+
+    @staticmethod
+    def _clip(grads: tuple[torch.Tensor, ...], max_norm: float) -> tuple[torch.Tensor, ...]:
+        """The core backward's clip_grad_norm_, on gradients that live outside the parameters."""
+        if max_norm <= 0:
+            return grads
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        scale = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+        return tuple(g * scale for g in grads)
+
+    def _hook_on_fit_end_keep_personal_upload_local(self, ctx: Context) -> None:
+        """Keep theta for evaluation and the next round; leave w in the model, which is what uploads."""
+        state = self.state(ctx)
+        with torch.no_grad():
+            for name, p in _trainable(ctx.model).items():
+                state[name] = p.detach().clone()
+                p.copy_(ctx.pfedme_w[name])
+
+    # -- evaluation --------------------------------------------------------------------------------
+    def _hook_on_fit_start_load_personal_model(self, ctx: Context) -> None:
+        """A client is judged by its personalized model; one never trained keeps the downloaded global."""
+        state = self.state(ctx)
+        if not state:
+            return
+        with torch.no_grad():
+            for name, p in _trainable(ctx.model).items():
+                p.copy_(state[name])
+
+    # -- server ------------------------------------------------------------------------------------
+    def transform_aggregate(self, old: Params, aggregate: Params) -> Params:
+        return {name: (1 - self.beta) * old[name] + self.beta * aggregate[name] for name in aggregate}
+
+    def describe_server(self) -> list[str]:
+        return [f"{'transform':<19}new = (1 - beta) * old + beta * aggregate, beta = {self.beta}"]

@@ -1,0 +1,139 @@
+"""Composition: detachable plug-ins, registration from outside, and every refusal's sentence."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from fedplug.core.compose import CompositionError, compose
+from fedplug.core.plugin import HookSpec, Plugin
+from fedplug.errors import ConfigError
+from fedplug.run.plan import build_plan
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILTIN_MODULES = ["fedplug.algorithms." + m for m in ("fedbn", "fedprox", "fedopt", "pfedme", "ditto", "fedem")]
+
+
+def python(code: str, **env: str) -> str:
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, cwd=ROOT,
+                          env={**__import__("os").environ, **env}, check=True)
+    return proc.stdout
+
+
+def test_switched_off_algorithms_are_not_imported() -> None:
+    out = python(f"""
+        import json, sys
+        from fedplug.config import load_config
+        from fedplug.run.plan import build_plan, describe_plan
+        describe_plan(build_plan(load_config(None, {{"fedprox.use": True}})))
+        print(json.dumps([m for m in {BUILTIN_MODULES!r} if m in sys.modules]))
+    """)
+    assert json.loads(out) == ["fedplug.algorithms.fedprox"]
+
+
+@pytest.mark.parametrize("method, expected", [("FedProx", ["fedprox"]), ("fedopt", ["fedopt"]),
+                                              ("FedAvg", []), ("FedBN", ["fedbn"])])
+def test_federate_method_is_the_same_as_use(small_cfg, method: str, expected: list[str]) -> None:
+    assert build_plan(small_cfg(federate__method=method)).names == expected
+
+
+def test_unknown_method_is_refused_with_a_suggestion(small_cfg) -> None:
+    with pytest.raises(ConfigError, match="federate.method 'FedPorx' is not a known algorithm .*Did you mean 'FedProx'"):
+        build_plan(small_cfg(federate__method="FedPorx"))
+
+
+class Dummy(Plugin):
+    def __init__(self, name: str, roles=(), hooks=()) -> None:
+        self.name, self.roles, self._hooks = name, roles, list(hooks)
+
+    def hooks(self) -> list[HookSpec]:
+        return self._hooks
+
+
+def noop(ctx) -> None:
+    pass
+
+
+def test_exclusive_role_refused_naming_both() -> None:
+    with pytest.raises(CompositionError, match="alpha and beta cannot be combined: both fill the exclusive role "
+                                               "'server_update'"):
+        compose([Dummy("alpha", roles=("server_update",)), Dummy("beta", roles=("server_update",))])
+
+
+def test_two_replacements_of_one_hook_refused() -> None:
+    spec = lambda n: HookSpec("on_batch_backward", noop, n, replaces="_hook_on_batch_backward")  # noqa: E731
+    with pytest.raises(CompositionError, match="alpha and beta cannot be combined: both replace the hook "
+                                               "'_hook_on_batch_backward'"):
+        compose([Dummy("alpha", hooks=[spec("a")]), Dummy("beta", hooks=[spec("b")])])
+
+
+def test_ordering_cycle_refused_naming_both() -> None:
+    a = HookSpec("on_batch_end", noop, "hook_a", after=("hook_b",))
+    b = HookSpec("on_batch_end", noop, "hook_b", after=("hook_a",))
+    with pytest.raises(CompositionError, match="ordering cycle at train/on_batch_end: alpha's hook 'hook_a' and "
+                                               "'hook_b' \\(beta\\) each wait for the other"):
+        compose([Dummy("alpha", hooks=[a]), Dummy("beta", hooks=[b])])
+
+
+def test_missing_anchor_refused() -> None:
+    a = HookSpec("on_batch_end", noop, "hook_a", before=("not_there",))
+    with pytest.raises(CompositionError, match="alpha's hook 'hook_a' is anchored to \\['not_there'\\]"):
+        compose([Dummy("alpha", hooks=[a])])
+
+
+def test_unordered_writers_of_one_field_refused_and_ordered_ones_accepted() -> None:
+    after_forward = ("_hook_on_batch_forward",)
+    a = HookSpec("on_batch_forward", noop, "hook_a", after=after_forward, writes=("loss_task",))
+    b = HookSpec("on_batch_forward", noop, "hook_b", after=after_forward, writes=("loss_task",))
+    with pytest.raises(CompositionError, match="alpha and beta both write ctx.loss_task at train/on_batch_forward "
+                                               "\\(hooks 'hook_a' and 'hook_b'\\) with no order between them"):
+        compose([Dummy("alpha", hooks=[a]), Dummy("beta", hooks=[b])])
+    with pytest.raises(CompositionError, match="core and alpha both write ctx.loss_task"):
+        compose([Dummy("alpha", hooks=[HookSpec("on_batch_forward", noop, "hook_a", writes=("loss_task",))])])
+    b_ordered = HookSpec("on_batch_forward", noop, "hook_b", after=("hook_a",), writes=("loss_task",))
+    plan = compose([Dummy("alpha", hooks=[a]), Dummy("beta", hooks=[b_ordered])])
+    assert plan.tables["train"].names("on_batch_forward") == ["_hook_on_batch_forward", "hook_a", "hook_b"]
+
+
+def test_plan_is_not_changed_by_trainers_using_it(small_cfg) -> None:
+    plan = build_plan(small_cfg(fedprox__use=True))
+    tables = plan.hook_tables()
+    tables["train"].remove("on_batch_forward", "_hook_on_batch_forward_add_proximal_term")
+    assert "_hook_on_batch_forward_add_proximal_term" in plan.tables["train"].names("on_batch_forward")
+    with pytest.raises(TypeError):
+        plan.tables["train"] = tables["train"]
+
+
+def test_entry_point_plugin_is_found_by_its_section(tmp_path: Path) -> None:
+    (tmp_path / "ep_algo.py").write_text(textwrap.dedent("""
+        from fedplug.algorithms.registry import register_algorithm
+        from fedplug.config import Key, Section, register_section
+        from fedplug.core.plugin import Plugin
+        register_section("ep_algo", Section("an installed algorithm", {"use": Key(False, "switch on")}))
+
+        @register_algorithm
+        class EpAlgo(Plugin):
+            name = "ep_algo"
+    """))
+    dist = tmp_path / "ep_algo-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ep-algo\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[fedplug.algorithms]\nep_algo = ep_algo\n")
+    out = python("""
+        import sys
+        from fedplug.config import load_config
+        from fedplug.run.plan import build_plan
+        print(build_plan(load_config(None, ["ep_algo.use", "True"])).names, "ep_algo" in sys.modules)
+    """, PYTHONPATH=str(tmp_path))
+    assert out.strip() == "['ep_algo'] True"
+
+
+def test_missing_plugin_file_is_a_config_error() -> None:
+    from fedplug.config import load_config
+
+    with pytest.raises(ConfigError, match="plug-in file not found: nowhere.py"):
+        load_config(None, ["plugins", "nowhere.py"])
