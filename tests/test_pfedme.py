@@ -54,7 +54,8 @@ def test_one_step_equals_the_hand_computation(small_cfg, mu: float) -> None:
         loss = loss + mu * 0.5 * sum(((t - global_params[n]) ** 2).sum() for n, t in zip(names, theta))
         grads = torch.autograd.grad(loss, theta)
         with torch.no_grad():
-            theta = [(t - PERSONAL_LR * (g + LAMBDA * (t - v))).requires_grad_(True) for t, g, v in zip(theta, grads, w)]
+            theta = [(t - PERSONAL_LR * (g + LAMBDA * (t - v))).requires_grad_(True)
+                     for t, g, v in zip(theta, grads, w)]
     w = [v - LR * LAMBDA * (v - t.detach()) for v, t in zip(w, theta)]
 
     for i, name in enumerate(names):

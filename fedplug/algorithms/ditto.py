@@ -10,6 +10,9 @@ and keeps v; then it runs the ordinary local update of w (with any other plug-in
 FedProx) and uploads w only. The server is FedAvg's. Evaluation judges each client by its v.
 
 Choices made here:
+- as in the paper's Algorithm 1, all of v's steps come first and pull toward the *received* w
+  (FederatedScope instead interleaves the two models' batches within each epoch and pulls v
+  toward the global model as it moves during the visit);
 - v starts, at a client's first visit, as the model it received (the global model);
 - the personal update runs before the global one and draws its batches from the same client
   generator, so both stay deterministic per (seed, round, client);
@@ -67,6 +70,9 @@ class Ditto(Plugin):
                      routine="eval", before=("_hook_on_fit_start_eval_init",), writes=("model",)),
         ]
 
+    def extra_routines(self) -> dict[str, HookTable]:
+        return {f"ditto personal ({self.personal_steps} steps, lr {self.personal_lr})": self.personal_table}
+
     def _hook_on_batch_forward_add_personal_term(self, ctx: Context) -> None:
         """In the personal update: loss += lambda/2 * ||v - w_received||^2."""
         ctx.ditto_loss_regular = CtxVar(self.regular_weight * self.regularizer(ctx), "batch")
@@ -78,7 +84,7 @@ class Ditto(Plugin):
         received = _copy_params(ctx.model)  # what the global update must start from
         if state:
             _load_params(ctx.model, state)
-        results = ctx.trainer.train(ctx.x, ctx.y, ctx.generator, table=ctx.trainer.hooks['train'].copy() if False else self.personal_table, trainer=ctx.trainer,
+        results = ctx.trainer.train(ctx.x, ctx.y, ctx.generator, table=self.personal_table,
                                     local_update_steps=self.personal_steps, lr=self.personal_lr,
                                     global_params=ctx.global_params, client_id=ctx.client_id,
                                     client_states=ctx.client_states)

@@ -50,8 +50,8 @@ class PFedMe(Plugin):
                      replaces="_hook_on_batch_backward"),
             HookSpec("on_fit_end", self._hook_on_fit_end_keep_personal_upload_local,
                      "_hook_on_fit_end_keep_personal_upload_local", before=("_hook_on_fit_end",)),
-            HookSpec("on_fit_start", self._hook_on_fit_start_load_personal_model, "_hook_on_fit_start_load_personal_model",
-                     routine="eval", after=("_hook_on_fit_start_eval_init",)),
+            HookSpec("on_fit_start", self._hook_on_fit_start_load_personal_model,
+                     "_hook_on_fit_start_load_personal_model", routine="eval", after=("_hook_on_fit_start_eval_init",)),
         ]
 
     # -- client training ---------------------------------------------------------------------------

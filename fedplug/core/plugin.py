@@ -23,7 +23,7 @@ from torch import nn
 
 from fedplug.config import ConfigNode
 from fedplug.core.context import Context
-from fedplug.core.hooks import HookFn
+from fedplug.core.hooks import HookFn, HookTable
 
 Params = dict[str, torch.Tensor]
 
@@ -53,6 +53,10 @@ class Plugin:
 
     def hooks(self) -> list[HookSpec]:
         return []
+
+    def extra_routines(self) -> dict[str, HookTable]:
+        """Routines the plug-in runs itself (Ditto's personal update), shown by `fedplug plan`."""
+        return {}
 
     def local_parameters(self, names: list[str]) -> set[str]:
         return set()

@@ -12,7 +12,10 @@ def build_plan(cfg: ConfigNode) -> Plan:
 
 def describe_plan(plan: Plan) -> str:
     lines = [f"plan: {plan.label} (plug-ins: {', '.join(plan.names) or 'none'})"]
-    for routine, table in plan.tables.items():
+    routines = dict(plan.tables)
+    for plugin in plan.plugins:
+        routines.update(plugin.extra_routines())
+    for routine, table in routines.items():
         lines.append(f"client {routine} routine:")
         for trigger, hooks in table:
             names = ", ".join(f"{h.name} [{h.owner}]" for h in hooks) or "-"
