@@ -137,3 +137,10 @@ def test_missing_plugin_file_is_a_config_error() -> None:
 
     with pytest.raises(ConfigError, match="plug-in file not found: nowhere.py"):
         load_config(None, ["plugins", "nowhere.py"])
+
+
+def test_anchor_to_a_replaced_hook_follows_its_replacement() -> None:
+    replacing = HookSpec("on_batch_backward", noop, "my_step", replaces="_hook_on_batch_backward")
+    anchored = HookSpec("on_batch_backward", noop, "after_step", after=("_hook_on_batch_backward",))
+    plan = compose([Dummy("alpha", hooks=[replacing]), Dummy("beta", hooks=[anchored])])
+    assert plan.tables["train"].names("on_batch_backward") == ["my_step", "after_step"]

@@ -132,6 +132,7 @@ def test_mixture_prediction_and_pi_never_travels(small_cfg) -> None:
     # Evaluation: client 4 with its own pi, client 5 (never trained) with uniform weights.
     for client, weights in ((4, pi), (5, torch.full((3,), 1 / 3))):
         x, y = data.splits["val"].client(client)
+        backend.download(client, start)
         backend.model.pi = weights
         with torch.no_grad():
             expected = -backend.model(x).gather(1, y.view(-1, 1)).sum().item()
@@ -155,3 +156,11 @@ def test_alias_sets_num_models(small_cfg) -> None:
     assert load_config(None, ["model.model_num_per_trainer", "2"]).fedem.num_models == 2
     model = build_model(cfg, (60,), build_plan(cfg))
     assert isinstance(model, MixtureModel) and len(model.components) == 2
+
+
+def test_fedprox_anchors_to_the_mixture_forward(small_cfg) -> None:
+    """FedEM's forward keeps the core hook's name, so FedProx's term lands on FedEM's weighted loss."""
+    plan = build_plan(small_cfg(fedem__use=True, fedprox__use=True, fedprox__mu=0.1))
+    hooks = dict(iter(plan.tables["train"]))["on_batch_forward"]
+    assert [(h.name, h.owner) for h in hooks] == [("_hook_on_batch_forward", "fedem"),
+                                                  ("_hook_on_batch_forward_add_proximal_term", "fedprox")]

@@ -88,17 +88,18 @@ class FedEM(Plugin):
 
     def hooks(self) -> list[HookSpec]:
         forward_writes = ("y_prob", "loss_batch", "loss_task")
+        forward = "_hook_on_batch_forward"  # the replacements keep the core name: others anchor to it (FedProx)
         return [
             HookSpec("on_fit_start", self._hook_on_fit_start_e_step, "_hook_on_fit_start_fedem_e_step",
                      after=("_hook_on_fit_start_init",), writes=("fedem_q",)),
-            HookSpec("on_batch_forward", self._hook_on_batch_forward_weighted, "_hook_on_batch_forward_fedem",
-                     replaces="_hook_on_batch_forward", writes=forward_writes),
+            HookSpec("on_batch_forward", self._hook_on_batch_forward_weighted, forward, replaces=forward,
+                     writes=forward_writes),
             HookSpec("on_fit_end", self._hook_on_fit_end_keep_pi, "_hook_on_fit_end_fedem_keep_pi",
                      before=("_hook_on_fit_end",)),
             HookSpec("on_fit_start", self._hook_on_fit_start_load_pi, "_hook_on_fit_start_fedem_load_pi",
                      routine="eval", after=("_hook_on_fit_start_eval_init",)),
-            HookSpec("on_batch_forward", self._hook_on_batch_forward_mixture, "_hook_on_batch_forward_fedem_eval",
-                     routine="eval", replaces="_hook_on_batch_forward", writes=forward_writes),
+            HookSpec("on_batch_forward", self._hook_on_batch_forward_mixture, forward, routine="eval",
+                     replaces=forward, writes=forward_writes),
         ]
 
     def _pi(self, ctx: Context) -> torch.Tensor:

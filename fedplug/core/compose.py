@@ -8,7 +8,7 @@ trigger point with no order between them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Mapping
 
@@ -139,6 +139,7 @@ def compose(plugins: list[Plugin]) -> Plan:
     for routine, table in tables.items():
         specs = [(p, s) for p in plugins for s in p.hooks() if s.routine == routine]
         replaced: dict[tuple[str, str], str] = {}
+        renamed: dict[tuple[str, str], str] = {}
         for plugin, spec in specs:
             if spec.replaces is None:
                 continue
@@ -147,7 +148,12 @@ def compose(plugins: list[Plugin]) -> Plan:
                 raise CompositionError(f"{replaced[key]} and {plugin.name} cannot be combined: both replace the hook "
                                        f"'{spec.replaces}' at {routine}/{spec.trigger}")
             replaced[key] = plugin.name
+            renamed[key] = spec.name
             table.replace(spec.trigger, spec.replaces, spec.fn, new_name=spec.name, owner=plugin.name)
+        # An anchor naming a replaced hook means its replacement.
+        specs = [(p, s if s.replaces else replace(s, before=tuple(renamed.get((s.trigger, a), a) for a in s.before),
+                                                  after=tuple(renamed.get((s.trigger, a), a) for a in s.after)))
+                 for p, s in specs]
         _place(table, routine, [(p, s) for p, s in specs if s.replaces is None])
         _check_writes(routine, table, specs)
     updaters = [p for p in plugins if "server_update" in p.roles]
