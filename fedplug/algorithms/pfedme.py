@@ -65,23 +65,17 @@ class PFedMe(Plugin):
         for step in range(self.inner_steps):
             if step > 0:  # the forward hooks computed the loss at the first theta; recompute at the moved one
                 ctx.run_forward()
-            grads = torch.autograd.grad(ctx.loss_task, list(theta.values()))
-            grads = self._clip(grads, ctx.cfg.grad.grad_clip)
+            for p in theta.values():
+                p.grad = None
+            ctx.loss_task.backward()
+            if ctx.cfg.grad.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(theta.values(), ctx.cfg.grad.grad_clip)
             with torch.no_grad():
-                for (name, p), g in zip(theta.items(), grads):
-                    p.sub_(self.personal_lr * (g + self.regular_weight * (p - local[name])))
+                for name, p in theta.items():
+                    p.sub_(self.personal_lr * (p.grad + self.regular_weight * (p - local[name])))
         with torch.no_grad():
             for name, w in local.items():
                 w.sub_(ctx.lr * self.regular_weight * (w - theta[name]))
-
-    @staticmethod
-    def _clip(grads: tuple[torch.Tensor, ...], max_norm: float) -> tuple[torch.Tensor, ...]:
-        """The core backward's clip_grad_norm_, on gradients that live outside the parameters."""
-        if max_norm <= 0:
-            return grads
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-        scale = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
-        return tuple(g * scale for g in grads)
 
     def _hook_on_fit_end_keep_personal_upload_local(self, ctx: Context) -> None:
         """Keep theta for evaluation and the next round; leave w in the model, which is what uploads."""
