@@ -57,8 +57,8 @@ class MetricsLog:
         self._file.close()
 
 
-def plot_learning_curve(records: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Accuracy and loss (weighted over all clients) against the round, val and test."""
+def plot_learning_curve(records: list[dict[str, Any]], path: Path, title: str, best_round: int | None) -> None:
+    """Accuracy and loss (weighted over all clients) against the round, val and test; the best round marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -72,6 +72,8 @@ def plot_learning_curve(records: list[dict[str, Any]], path: Path, title: str) -
     ax_acc.set(xlabel="round", ylabel="weighted accuracy (%)")
     ax_loss.set(xlabel="round", ylabel="weighted loss")
     for ax in (ax_acc, ax_loss):
+        if best_round is not None:
+            ax.axvline(best_round, color="grey", linewidth=1, linestyle=":", label=f"best round {best_round}")
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)

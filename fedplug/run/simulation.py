@@ -104,7 +104,7 @@ def _finish(cfg: ConfigNode, label: str, run_dir: Path, records: list[dict], sto
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if records:
         plot_learning_curve(records, run_dir / "learning_curve.png",
-                            f"{label} on {cfg.data.type} (seed {cfg.seed})")
+                            f"{label} on {cfg.data.type} (seed {cfg.seed})", stopper.best_round)
     logger.info("best round %s: weighted test accuracy %.2f%% (%.1f s)", stopper.best_round,
                 100 * (result["test_acc"] or 0.0), seconds)
     return result
