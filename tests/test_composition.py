@@ -144,3 +144,12 @@ def test_anchor_to_a_replaced_hook_follows_its_replacement() -> None:
     anchored = HookSpec("on_batch_backward", noop, "after_step", after=("_hook_on_batch_backward",))
     plan = compose([Dummy("alpha", hooks=[replacing]), Dummy("beta", hooks=[anchored])])
     assert plan.tables["train"].names("on_batch_backward") == ["my_step", "after_step"]
+
+
+def test_plugins_key_must_be_a_list_of_names(tmp_path: Path) -> None:
+    from fedplug.config import load_config
+
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text("plugins: 5\n")
+    with pytest.raises(ConfigError, match="config key 'plugins' expects list of str, got 5"):
+        load_config(cfg_file)

@@ -151,9 +151,10 @@ def load_config(cfg_file: str | Path | None = None, overrides: list[str] | dict[
     tree = read_yaml(cfg_file) if cfg_file is not None else {}
     words = parse_overrides(overrides) if overrides and not isinstance(overrides, dict) else {}
     sections = set(tree) | {k.split(".")[0] for k in (overrides if isinstance(overrides, dict) else words)}
-    modules = list(tree.get("plugins") or []) + _override_list(words.get("plugins"))
-    if isinstance(overrides, dict):
-        modules += list(overrides.get("plugins") or [])
+    modules = _override_list(words.get("plugins"))
+    for given in (tree.get("plugins"), overrides.get("plugins") if isinstance(overrides, dict) else None):
+        if given is not None:
+            modules += coerce("plugins", ROOT.entries["plugins"], given)
     load_external_plugins(modules, sections)  # user plug-ins register their sections before validation
 
     values: dict[str, Any] = {}
@@ -176,10 +177,10 @@ def load_config(cfg_file: str | Path | None = None, overrides: list[str] | dict[
 
 
 def _override_list(raw: str | None) -> list[str]:
+    """The `plugins` override, read before validation (user plug-ins bring their own sections)."""
     if raw is None:
         return []
-    value = yaml.safe_load(raw)
-    return value if isinstance(value, list) else [str(value)]
+    return coerce("plugins", ROOT.entries["plugins"], _parse_override_value("plugins", ROOT.entries["plugins"], raw))
 
 
 def _flatten_override_dict(overrides: dict[str, Any]) -> dict[str, Any]:
