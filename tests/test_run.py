@@ -107,3 +107,18 @@ def test_cli_prints_one_json_line_last(tmp_path: Path, data_root: Path) -> None:
     assert {"best_round", "test_acc", "val_loss", "rounds_run", "run_dir"} <= final.keys()
     assert final["rounds_run"] == 2 and 0 < final["test_acc"] <= 1
     assert Path(final["run_dir"]).parent == tmp_path
+
+
+def test_threads_key_sets_and_restores_torch_threads(small_cfg, monkeypatch) -> None:
+    seen: list[int] = []
+    original = SequentialBackend.train_client
+
+    def recording(self, *args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SequentialBackend, "train_client", recording)
+    before = torch.get_num_threads()
+    single = run(small_cfg(threads=1))
+    assert set(seen) == {1} and torch.get_num_threads() == before
+    assert without_run_dir(single) == without_run_dir(run(small_cfg()))  # same numbers either way here

@@ -10,6 +10,8 @@ register_key("seed", Key(0, "root seed: every per-round and per-client generator
 register_key("outdir", Key("exp", "folder under which each run gets its own run folder"))
 register_key("plugins", Key([], "user plug-ins to load before the config is read: module names or .py files",
                             type=list, item_type=str))
+register_key("threads", Key(0, "PyTorch CPU threads; 0: PyTorch's default (one per core). 1 is fastest for small models "
+                              "and when several runs share a machine", **_non_negative))
 register_key("expname", Key("", "run folder name prefix; empty: <method>_<model>_on_<data>"))
 
 register_section("federate", Section("the federation: rounds, clients, sampling", {

@@ -12,7 +12,9 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+import torch
 
 from fedplug.backends.sequential import SequentialBackend
 from fedplug.config import ConfigNode
@@ -29,8 +31,27 @@ from fedplug.server.sampling import clients_per_round, sample_clients
 logger = logging.getLogger("fedplug")
 
 
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Use `count` PyTorch CPU threads inside the block (0: leave PyTorch's default)."""
+    if count <= 0:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def run(cfg: ConfigNode, run_dir: Path | None = None) -> dict[str, Any]:
     """Run the configured federation; returns the final summary (also written to the run folder)."""
+    with torch_threads(cfg.threads):
+        return _run(cfg, run_dir)
+
+
+def _run(cfg: ConfigNode, run_dir: Path | None) -> dict[str, Any]:
     started = time.perf_counter()
     plan = build_plan(cfg)  # refuses impossible combinations before any work
     run_dir = run_dir or make_run_dir(cfg, plan.label)
