@@ -20,27 +20,16 @@ Choices made here:
 """
 from __future__ import annotations
 
-import torch
-from torch import nn
 
 from fedplug.algorithms.regularizers import get_regularizer
 from fedplug.config import ConfigNode
 from fedplug.core.context import Context, CtxVar
 from fedplug.core.default_hooks import default_train_hooks
 from fedplug.core.hooks import HookTable
-from fedplug.core.plugin import HookSpec, Params, Plugin
+from fedplug.core.params import copy_parameters, load_parameters
+from fedplug.core.plugin import HookSpec, Plugin
 
 PERSONAL_REGULARIZER_HOOK = "_hook_on_batch_forward_ditto_add_personal_term"
-
-
-def _copy_params(model: nn.Module) -> Params:
-    return {n: p.detach().clone() for n, p in model.named_parameters()}
-
-
-def _load_params(model: nn.Module, params: Params) -> None:
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(params[name])
 
 
 class Ditto(Plugin):
@@ -81,19 +70,19 @@ class Ditto(Plugin):
     def _hook_on_fit_start_train_personal(self, ctx: Context) -> None:
         """Train v (from its last value, or from the received model) before the global update."""
         state = self.state(ctx)
-        received = _copy_params(ctx.model)  # what the global update must start from
+        received = copy_parameters(ctx.model)  # what the global update must start from
         if state:
-            _load_params(ctx.model, state)
+            load_parameters(ctx.model, state)
         results = ctx.trainer.train(ctx.x, ctx.y, ctx.generator, table=self.personal_table,
                                     local_update_steps=self.personal_steps, lr=self.personal_lr,
                                     global_params=ctx.global_params, client_id=ctx.client_id,
                                     client_states=ctx.client_states)
-        state.update(_copy_params(ctx.model))
+        state.update(copy_parameters(ctx.model))
         ctx.ditto_personal_results = CtxVar(results, "routine")
-        _load_params(ctx.model, received)
+        load_parameters(ctx.model, received)
 
     def _hook_on_fit_start_load_personal(self, ctx: Context) -> None:
         """Evaluate with v; a client never trained keeps the downloaded global model."""
         state = self.state(ctx)
         if state:
-            _load_params(ctx.model, state)
+            load_parameters(ctx.model, state)

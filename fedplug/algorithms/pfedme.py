@@ -22,11 +22,8 @@ import torch
 
 from fedplug.config import ConfigNode
 from fedplug.core.context import Context, CtxVar
+from fedplug.core.params import copy_parameters, load_parameters, trainable
 from fedplug.core.plugin import HookSpec, Params, Plugin
-
-
-def _trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
-    return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
 class PFedMe(Plugin):
@@ -57,10 +54,10 @@ class PFedMe(Plugin):
     # -- client training ---------------------------------------------------------------------------
     def _hook_on_fit_start_copy_local_model(self, ctx: Context) -> None:
         """w starts as the downloaded model; theta (the model object) starts equal to it."""
-        ctx.pfedme_w = CtxVar({n: p.detach().clone() for n, p in _trainable(ctx.model).items()}, "routine")
+        ctx.pfedme_w = CtxVar(copy_parameters(ctx.model), "routine")
 
     def _hook_on_batch_backward_pfedme(self, ctx: Context) -> None:
-        theta = _trainable(ctx.model)
+        theta = trainable(ctx.model)
         local = ctx.pfedme_w
         for step in range(self.inner_steps):
             if step > 0:  # the forward hooks computed the loss at the first theta; recompute at the moved one
@@ -79,21 +76,13 @@ class PFedMe(Plugin):
 
     def _hook_on_fit_end_keep_personal_upload_local(self, ctx: Context) -> None:
         """Keep theta for evaluation and the next round; leave w in the model, which is what uploads."""
-        state = self.state(ctx)
-        with torch.no_grad():
-            for name, p in _trainable(ctx.model).items():
-                state[name] = p.detach().clone()
-                p.copy_(ctx.pfedme_w[name])
+        self.state(ctx).update(copy_parameters(ctx.model))
+        load_parameters(ctx.model, ctx.pfedme_w)
 
     # -- evaluation --------------------------------------------------------------------------------
     def _hook_on_fit_start_load_personal_model(self, ctx: Context) -> None:
         """A client is judged by its personalized model; one never trained keeps the downloaded global."""
-        state = self.state(ctx)
-        if not state:
-            return
-        with torch.no_grad():
-            for name, p in _trainable(ctx.model).items():
-                p.copy_(state[name])
+        load_parameters(ctx.model, self.state(ctx))  # empty for a client never trained
 
     # -- server ------------------------------------------------------------------------------------
     def transform_aggregate(self, old: Params, aggregate: Params) -> Params:

@@ -14,7 +14,7 @@ from torch import nn
 
 from fedplug.config import ConfigNode
 from fedplug.core.compose import Plan
-from fedplug.core.plugin import Params
+from fedplug.core.params import Params
 from fedplug.core.trainer import Trainer
 from fedplug.data.federated import FederatedData
 from fedplug.seeding import CLIENT_TRAINING, generator

@@ -24,8 +24,8 @@ from torch import nn
 from fedplug.config import ConfigNode
 from fedplug.core.context import Context
 from fedplug.core.hooks import HookFn, HookTable
+from fedplug.core.params import Params
 
-Params = dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)

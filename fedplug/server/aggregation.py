@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-Params = dict[str, torch.Tensor]
+from fedplug.core.params import Params
+
 
 
 class WeightedMean:
