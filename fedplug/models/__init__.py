@@ -19,6 +19,11 @@ def build_model(cfg: ConfigNode, input_shape: tuple[int, ...], plan: Plan | None
             from fedplug.models.lr import LogisticRegression
 
             return LogisticRegression(math.prod(input_shape), cfg.model.out_channels)
+        if cfg.model.type == "convnet2":
+            from fedplug.models.convnet2 import ConvNet2
+
+            side = math.isqrt(math.prod(input_shape))  # flat square grey images (784 -> 28 x 28)
+            return ConvNet2(1, cfg.model.out_channels, cfg.model.hidden, side)
         raise AssertionError(f"model.type '{cfg.model.type}' passed validation but has no builder")
 
     # Initialise under the run's own seed without touching the global RNG of the caller.

@@ -19,6 +19,7 @@ import torch
 from fedplug.backends.sequential import SequentialBackend
 from fedplug.config import ConfigNode
 from fedplug.data import build_data
+from fedplug.errors import ConfigError
 from fedplug.models import build_model
 from fedplug.run.early_stop import EarlyStopper
 from fedplug.run.evaluation import EVAL_SPLITS, pool
@@ -57,6 +58,9 @@ def _run(cfg: ConfigNode, run_dir: Path | None) -> dict[str, Any]:
     run_dir = run_dir or make_run_dir(cfg, plan.label)
     setup_logging(run_dir)
     data = build_data(cfg)
+    if data.num_classes > cfg.model.out_channels:
+        raise ConfigError(f"model.out_channels is {cfg.model.out_channels} but the {data.name} data have "
+                          f"{data.num_classes} classes; set model.out_channels {data.num_classes}")
     model = build_model(cfg, data.input_shape, plan)
     backend = SequentialBackend(cfg, model, plan, data)
     num_clients, fed = data.num_clients, cfg.federate
