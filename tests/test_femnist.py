@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 
 from fedplug.data.download import download
@@ -270,3 +271,40 @@ def test_load_femnist_builds_and_caches(server, tmp_path, shards):
     other = load_femnist(server.url, names, cache, fraction=1.0, seed=1)
     assert len(list((cache / "femnist" / "built").glob("*.npz"))) == 2  # keyed by seed
     assert not np.array_equal(other.splits["train"].x.numpy(), data.splits["train"].x.numpy())
+
+
+# ---------------------------------------------------------------- data.type femnist from the config
+
+def _femnist_cfg(tmp_path, url: str, **more):
+    from fedplug.config import load_config
+
+    return load_config(None, {"data.type": "femnist", "data.root": str(tmp_path / "cache"), "data.femnist.url": url,
+                              "data.femnist.num_shards": 2, "data.femnist.shard_pattern": "shard_{}.json",
+                              "data.subsample": 1.0, **more})
+
+
+def test_femnist_data_type_downloads_verifies_and_matches_a_local_folder(server, tmp_path):
+    from fedplug.data import build_data
+
+    folder = tmp_path / "leaf"
+    folder.mkdir()
+    for i, sizes in enumerate([[10, 5, 7], [4, 9]]):
+        server.files[f"shard_{i}.json"] = _write(folder / f"shard_{i}.json", _fixture_shard(i, sizes, f"s{i}")).read_bytes()
+    sums = tmp_path / "SHA256SUMS"
+    sums.write_text("".join(f"{hashlib.sha256(server.files[n]).hexdigest()}  {n}\n" for n in sorted(server.files)))
+    remote = build_data(_femnist_cfg(tmp_path, server.url, **{"data.femnist.checksums": str(sums)}))
+    local = build_data(_femnist_cfg(tmp_path, str(folder)))
+    assert remote.num_clients == local.num_clients == 5 and remote.num_classes == 62
+    assert all(torch.equal(remote.splits[s].x, local.splits[s].x) for s in remote.splits)
+    sums.write_text(f"{'0' * 64}  shard_0.json\n")
+    with pytest.raises(DataError, match="sha256"):
+        build_data(_femnist_cfg(tmp_path, str(folder), **{"data.femnist.checksums": str(sums), "data.femnist.seed": 1}))
+
+
+def test_femnist_without_a_url_or_shard_says_what_to_do(tmp_path):
+    from fedplug.data import build_data
+
+    with pytest.raises(DataError, match="data.femnist.url is empty.*mnist_standin"):
+        build_data(_femnist_cfg(tmp_path, ""))
+    with pytest.raises(DataError, match="shard_0.json does not exist"):
+        build_data(_femnist_cfg(tmp_path, str(tmp_path)))

@@ -36,6 +36,7 @@ class Ditto(Plugin):
     name = "ditto"
     method = "Ditto"
     roles = ("personalization",)
+    vectorizes = True  # cohort_fit_start / cohort_eval_params below
 
     def __init__(self, cfg: ConfigNode) -> None:
         super().__init__(cfg)
@@ -80,6 +81,27 @@ class Ditto(Plugin):
         state.update(copy_parameters(ctx.model))
         ctx.ditto_personal_results = CtxVar(results, "routine")
         load_parameters(ctx.model, received)
+
+    # -- the same for a cohort (vectorized backend) -----------------------------------------------
+    def cohort_fit_start(self, cohort) -> None:
+        """Train every client's v, stacked, before the global update (same steps, same generators)."""
+        from fedplug.backends.functional import proximal
+
+        states = cohort.states(self.name)
+        v = cohort.stacked([s if s else {n: t[i].detach() for n, t in cohort.params.items()}
+                            for i, s in enumerate(states)])
+        weight = self.regular_weight
+        cohort.train(v, self.personal_steps, self.personal_lr,
+                     penalty=lambda p: weight * proximal(p, cohort.received))
+        for i, s in enumerate(states):
+            s.update({n: t[i].detach().clone() for n, t in v.items()})
+
+    def cohort_eval_params(self, states, params):
+        """Each client is judged by its v; a client never trained keeps the global model."""
+        for i, s in enumerate(states):
+            for n in s:
+                params[n][i] = s[n]
+        return params
 
     def _hook_on_fit_start_load_personal(self, ctx: Context) -> None:
         """Evaluate with v; a client never trained keeps the downloaded global model."""

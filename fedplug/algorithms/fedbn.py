@@ -16,6 +16,7 @@ NORM_PATTERNS = ("bn", "norm")
 class FedBN(Plugin):
     name = "fedbn"
     method = "FedBN"
+    vectorizes = True  # local parameters are kept per client by every backend
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)

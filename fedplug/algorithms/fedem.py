@@ -74,6 +74,7 @@ class FedEM(Plugin):
     name = "fedem"
     method = "FedEM"
     roles = ("personalization", "model")
+    vectorizes = True  # the cohort_* methods below, in fedem_cohort.py
 
     def __init__(self, cfg: ConfigNode) -> None:
         super().__init__(cfg)
@@ -130,6 +131,27 @@ class FedEM(Plugin):
 
     def _hook_on_fit_end_keep_pi(self, ctx: Context) -> None:
         self.state(ctx)["pi"] = ctx.model.pi.detach().clone()
+
+    # -- the same for a cohort (vectorized backend) -----------------------------------------------
+    def cohort_fit_start(self, cohort) -> None:
+        from fedplug.algorithms.fedem_cohort import e_step
+
+        e_step(cohort, self.num_models, self.name)
+
+    def cohort_losses(self, cohort, params, buffers, x, y, mask, local):
+        from fedplug.algorithms.fedem_cohort import batch_losses
+
+        return batch_losses(cohort, params, buffers, x, y, mask, local)
+
+    def cohort_fit_end(self, cohort) -> None:
+        from fedplug.algorithms.fedem_cohort import keep_pi
+
+        keep_pi(cohort, self.name)
+
+    def cohort_eval_outputs(self, backend, clients, params, buffers, x, mask):
+        from fedplug.algorithms.fedem_cohort import eval_outputs
+
+        return eval_outputs(backend, clients, params, buffers, x, mask, self.name, self.num_models)
 
     # -- evaluation --------------------------------------------------------------------------------
     def _hook_on_fit_start_load_pi(self, ctx: Context) -> None:

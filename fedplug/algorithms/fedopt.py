@@ -25,6 +25,7 @@ class FedOpt(Plugin):
     name = "fedopt"
     method = "FedOpt"
     roles = ("server_update",)
+    vectorizes = True  # server side only
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)

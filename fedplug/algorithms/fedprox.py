@@ -15,6 +15,7 @@ from fedplug.core.plugin import HookSpec, Plugin
 class FedProx(Plugin):
     name = "fedprox"
     method = "FedProx"
+    vectorizes = True  # the term is cohort_penalty on stacked parameters
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
@@ -25,6 +26,12 @@ class FedProx(Plugin):
         return [HookSpec("on_batch_forward", self._hook_on_batch_forward_add_proximal_term,
                          "_hook_on_batch_forward_add_proximal_term", after=("_hook_on_batch_forward",),
                          writes=("loss_task", "loss_regular"))]
+
+    def cohort_penalty(self, params, received):
+        """The same term for a cohort (vectorized backend): (clients,) from stacked parameters."""
+        from fedplug.backends.functional import proximal
+
+        return self.mu * proximal(params, received)
 
     def _hook_on_batch_forward_add_proximal_term(self, ctx: Context) -> None:
         ctx.loss_regular = CtxVar(self.mu * self.regularizer(ctx), "batch")

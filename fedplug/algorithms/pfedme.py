@@ -30,6 +30,7 @@ class PFedMe(Plugin):
     name = "pfedme"
     method = "pFedMe"
     roles = ("personalization",)
+    vectorizes = True  # cohort_fit_start / cohort_step / cohort_fit_end / cohort_eval_params below
 
     def __init__(self, cfg: ConfigNode) -> None:
         super().__init__(cfg)
@@ -83,6 +84,48 @@ class PFedMe(Plugin):
     def _hook_on_fit_start_load_personal_model(self, ctx: Context) -> None:
         """A client is judged by its personalized model; one never trained keeps the downloaded global."""
         load_parameters(ctx.model, self.state(ctx))  # empty for a client never trained
+
+    # -- the same for a cohort (vectorized backend): theta is the stacked params, w a stacked copy --
+    def cohort_fit_start(self, cohort) -> None:
+        cohort.extra["pfedme_w"] = {n: t.detach().clone() for n, t in cohort.params.items()}
+
+    def cohort_step(self, cohort):
+        from fedplug.backends.functional import clip
+
+        cfg = cohort.backend.cfg
+        w, lr, max_norm = cohort.extra["pfedme_w"], cfg.train.optimizer.lr, cfg.grad.grad_clip
+
+        def step(theta, forward_loss, k):
+            local = {name: t[:k] for name, t in w.items()}  # the clients still training are the first k
+            leaves = list(theta.values())
+            for _ in range(self.inner_steps):
+                task, loss_batch = forward_loss()
+                grads = list(torch.autograd.grad(task.sum(), leaves))
+                if max_norm > 0:
+                    grads = clip(grads, max_norm)
+                with torch.no_grad():
+                    for (name, p), g in zip(theta.items(), grads):
+                        p.sub_(self.personal_lr * (g + self.regular_weight * (p - local[name])))
+            with torch.no_grad():
+                for name, t in local.items():
+                    t.sub_(lr * self.regular_weight * (t - theta[name]))
+            return loss_batch
+
+        return step
+
+    def cohort_fit_end(self, cohort) -> None:
+        w = cohort.extra.pop("pfedme_w")
+        for i, s in enumerate(cohort.states(self.name)):
+            s.update({n: t[i].detach().clone() for n, t in cohort.params.items()})
+        with torch.no_grad():
+            for name, t in w.items():
+                cohort.params[name].copy_(t)  # w is what uploads
+
+    def cohort_eval_params(self, states, params):
+        for i, s in enumerate(states):
+            for n in s:
+                params[n][i] = s[n]
+        return params
 
     # -- server ------------------------------------------------------------------------------------
     def transform_aggregate(self, old: Params, aggregate: Params) -> Params:

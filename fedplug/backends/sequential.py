@@ -7,7 +7,7 @@ in plain dicts of tensors, never in model objects.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -69,6 +69,26 @@ class SequentialBackend:
         if self.kept_names:
             self._kept[client] = self._read(self.kept_names)
         return {**result, "params": self.shared_parameters()}
+
+    def train_cohort(self, clients: list[int], round_num: int,
+                     global_params: Params) -> Iterator[tuple[Params, float, float]]:
+        """(uploaded parameters, aggregation weight, mean train loss) per client, in order.
+
+        One client at a time: the parameters yielded are views of the one model, valid until the
+        next item is requested (a streaming mean reads them at once).
+        """
+        for client in clients:
+            result = self.train_client(client, round_num, global_params)
+            yield result["params"], result["train_total"], result["train_loss"]
+
+    def export_client_state(self) -> tuple[dict[int, Params], dict[int, dict[str, Params]]]:
+        """(kept tensors, plug-in states) per client, for a checkpoint (the backend's own dicts)."""
+        return self._kept, self._states
+
+    def import_client_state(self, kept: dict[int, Params], states: dict[int, dict[str, Params]]) -> None:
+        """Replace every client's kept tensors and plug-in states (resuming from a checkpoint)."""
+        self._kept = dict(kept)
+        self._states = {client: dict(per_plugin) for client, per_plugin in states.items()}
 
     def evaluate(self, global_params: Params, split: str) -> list[dict[str, Any]]:
         """Every client on `split`, each with the model it is judged by."""

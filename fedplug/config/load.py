@@ -195,5 +195,9 @@ def _flatten_override_dict(overrides: dict[str, Any]) -> dict[str, Any]:
 
 
 def dump_config(cfg: ConfigNode) -> str:
-    """The resolved config as YAML that `--cfg` reads back to an equal config."""
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    """The resolved config as YAML that `--cfg` reads back to an equal config, except for a secret:
+    `distribute.token` is written empty (a reader then takes it from `distribute.token_env`)."""
+    tree = cfg.to_dict()
+    if tree.get("distribute", {}).get("token"):
+        tree["distribute"]["token"] = ""
+    return yaml.safe_dump(tree, sort_keys=False)

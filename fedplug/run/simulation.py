@@ -3,7 +3,9 @@
 Round r: sample clients (from the round's own generator), give each the global parameters, run
 its local update (with its own generator for round r), fold its parameters into the weighted
 mean, replace the global model by the mean. Every `eval.freq` rounds and after the last, every
-client evaluates on val and test; early stopping watches the weighted val loss.
+client evaluates on val and test; early stopping watches the weighted val loss. Everything the
+server does around the clients' work is run/rounds.py (shared with the distributed server),
+including the checkpoint every `checkpoint.every` rounds that `resume` continues from.
 """
 from __future__ import annotations
 
@@ -16,18 +18,17 @@ from typing import Any, Iterator
 
 import torch
 
-from fedplug.backends.sequential import SequentialBackend
+from fedplug.backends import build_backend
 from fedplug.config import ConfigNode
 from fedplug.data import build_data
-from fedplug.errors import ConfigError
-from fedplug.models import build_model
+from fedplug.models import build_model, check_fits
 from fedplug.run.early_stop import EarlyStopper
-from fedplug.run.evaluation import EVAL_SPLITS, pool
-from fedplug.run.outputs import MetricsLog, make_run_dir, plot_learning_curve, progress, setup_logging
+from fedplug.run.evaluation import EVAL_SPLITS
+from fedplug.run.outputs import make_run_dir, plot_learning_curve, progress, setup_logging
 from fedplug.run.plan import build_plan
-from fedplug.seeding import CLIENT_SAMPLING, generator
+from fedplug.run.rounds import RoundKeeper, client_state_tree, split_client_state_tree
 from fedplug.server.aggregation import WeightedMean
-from fedplug.server.sampling import clients_per_round, sample_clients
+from fedplug.server.sampling import clients_per_round
 
 logger = logging.getLogger("fedplug")
 
@@ -46,71 +47,67 @@ def torch_threads(count: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def run(cfg: ConfigNode, run_dir: Path | None = None) -> dict[str, Any]:
-    """Run the configured federation; returns the final summary (also written to the run folder)."""
+def run(cfg: ConfigNode, run_dir: Path | None = None, resume: bool = False) -> dict[str, Any]:
+    """Run the configured federation; returns the final summary (also written to the run folder).
+
+    `resume`: continue the run in `run_dir` from its checkpoint (same config, checked).
+    """
     with torch_threads(cfg.threads):
-        return _run(cfg, run_dir)
+        return _run(cfg, run_dir, resume)
 
 
-def _run(cfg: ConfigNode, run_dir: Path | None) -> dict[str, Any]:
+def _run(cfg: ConfigNode, run_dir: Path | None, resume: bool) -> dict[str, Any]:
     started = time.perf_counter()
     plan = build_plan(cfg)  # refuses impossible combinations before any work
     run_dir = run_dir or make_run_dir(cfg, plan.label)
     setup_logging(run_dir)
     data = build_data(cfg)
-    if data.num_classes > cfg.model.out_channels:
-        raise ConfigError(f"model.out_channels is {cfg.model.out_channels} but the {data.name} data have "
-                          f"{data.num_classes} classes; set model.out_channels {data.num_classes}")
+    check_fits(cfg, data)
     model = build_model(cfg, data.input_shape, plan)
-    backend = SequentialBackend(cfg, model, plan, data)
+    backend = build_backend(cfg, model, plan, data)  # federate.backend: sequential or vectorized
     num_clients, fed = data.num_clients, cfg.federate
     per_round = clients_per_round(cfg, num_clients)
     logger.info("run folder %s", run_dir)
     logger.info("%s on %s: %d clients, %d per round, %d rounds", plan.label, data.name, num_clients, per_round,
                 fed.total_round_num)
 
-    global_params = {k: v.clone() for k, v in backend.shared_parameters().items()}
-    stopper = EarlyStopper(cfg.early_stop.patience, cfg.early_stop.delta)
-    metrics = MetricsLog(run_dir / "metrics.jsonl")
+    keeper = RoundKeeper(cfg, plan, run_dir, num_clients,
+                         {k: v.clone() for k, v in backend.shared_parameters().items()})
+    keeper.save_client_state = lambda round_num: client_state_tree(*backend.export_client_state())
+    keeper.load_client_state = lambda tree, round_num: backend.import_client_state(*split_client_state_tree(tree))
+    keeper.open(resume)
     bar = progress(fed.total_round_num, f"{plan.label} on {data.name}")
     redirect = contextlib.nullcontext()
     if bar is not None:
         from tqdm.contrib.logging import logging_redirect_tqdm
 
         redirect = logging_redirect_tqdm(loggers=[logger])
-    rounds_run = 0
+        bar.update(keeper.rounds_run)  # resumed: the rounds already done
     with redirect:
-        for round_num in range(1, fed.total_round_num + 1):
-            sampled = sample_clients(num_clients, per_round, generator(cfg.seed, CLIENT_SAMPLING, round_num))
+        for round_num in keeper.rounds():
+            sampled = keeper.sample(round_num)
+            global_params = keeper.global_params
             mean, train_loss_sum = WeightedMean(global_params), 0.0
-            for client in sampled:
-                result = backend.train_client(client, round_num, global_params)
-                mean.add(result["params"], result["train_total"])
-                train_loss_sum += result["train_loss"] * result["train_total"]
-            global_params = plan.update_global(global_params, mean.result())
-            rounds_run = round_num
+            for params, weight, loss in backend.train_cohort(sampled, round_num, global_params):
+                mean.add(params, weight)  # read at once: the parameters may be views the backend reuses
+                train_loss_sum += loss * weight
+            # Aggregation, evaluation, early stopping and checkpoints: shared with the distributed server.
+            stop = keeper.end_round(round_num, mean, train_loss_sum,
+                                    lambda g: {split: backend.evaluate(g, split) for split in EVAL_SPLITS})
             if bar is not None:
                 bar.update(1)
-            if round_num % cfg.eval.freq and round_num != fed.total_round_num:
-                continue
-            record = {"round": round_num, "train_loss": train_loss_sum / mean.total_weight,
-                      **pool({split: backend.evaluate(global_params, split) for split in EVAL_SPLITS})}
-            metrics.write(record)
-            stop = stopper.update(round_num, record["val_loss"], record)
-            logger.info("round %d: val_loss %.4f, val_acc %.4f, test_acc %.4f", round_num, record["val_loss"],
-                        record["val_acc"], record["test_acc"])
             if stop:
-                logger.info("early stop at round %d: no better val loss for %d evaluations", round_num,
-                            stopper.patience)
                 break
     if bar is not None:
         bar.close()
-    metrics.close()
-    return _finish(cfg, plan.label, run_dir, metrics.records, stopper, rounds_run, time.perf_counter() - started)
+    keeper.close()
+    return finish_run(cfg, plan.label, run_dir, keeper.records, keeper.stopper, keeper.rounds_run,
+                   time.perf_counter() - started)
 
 
-def _finish(cfg: ConfigNode, label: str, run_dir: Path, records: list[dict], stopper: EarlyStopper, rounds_run: int,
-            seconds: float) -> dict[str, Any]:
+def finish_run(cfg: ConfigNode, label: str, run_dir: Path, records: list[dict], stopper: EarlyStopper,
+               rounds_run: int, seconds: float) -> dict[str, Any]:
+    """Write summary.json and the learning curve; the final result (standalone run or distributed server)."""
     best = stopper.best_metrics
     result = {
         "method": label,

@@ -1,0 +1,149 @@
+"""One column of the published table: every algorithm's config of that column, ours vs. published.
+
+    python benchmarks/column.py synthetic                 # the reference Synthetic column (about 16 min)
+    python benchmarks/column.py standin_cpu --jobs 2      # ConvNet2 on the handwriting stand-in, CPU scale
+    python benchmarks/column.py shakespeare_cpu --jobs 2  # the LSTM on Shakespeare, CPU scale
+    python benchmarks/column.py femnist --set data.femnist.url=DIR   # reference protocols (a bigger machine)
+    python benchmarks/column.py shakespeare_cpu --collect RUN_DIR ...  # table from finished run folders
+
+Runs `fedplug --cfg <config>` for each algorithm (`--jobs` at a time, one PyTorch thread each when
+more than one) and writes benchmarks/results/<column>_column.md (table) and <column>_column.png
+(weighted test accuracy against the round). CPU-scale columns run reduced protocols (and the
+stand-in is MNIST, not FEMNIST), so their published numbers are context, not a target.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+TOLERANCE = 1.5  # points, the bar for reference-protocol columns
+ALL = ("fedavg", "fedopt", "fedprox", "fedbn", "pfedme", "ditto", "fedem")
+# column -> (config path pattern, published column, comparable to the published numbers, algorithms, title)
+COLUMNS = {
+    "synthetic": ("configs/{}_lr_on_synthetic.yaml", "synthetic", True,
+                  ("fedavg", "fedopt", "fedprox", "pfedme", "ditto", "fedem"), "Synthetic, logistic regression"),
+    "femnist": ("configs/{}_convnet2_on_femnist.yaml", "femnist", True, ALL, "FEMNIST, ConvNet2"),
+    "shakespeare": ("configs/{}_lstm_on_shakespeare.yaml", "shakespeare", True, ALL, "Shakespeare, LSTM"),
+    "standin_cpu": ("configs/cpu/{}_convnet2_on_standin.yaml", "femnist", False, ALL,
+                    "handwriting STAND-IN (MNIST digits, not FEMNIST), ConvNet2, CPU scale"),
+    "shakespeare_cpu": ("configs/cpu/{}_lstm_on_shakespeare.yaml", "shakespeare", False, ALL,
+                        "Shakespeare, LSTM, CPU scale"),
+}
+
+
+def run_config(cfg: Path, outdir: Path, overrides: list[str]) -> dict:
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "fedplug", "--cfg", str(cfg), f"outdir={outdir}", *overrides],
+                          capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cfg.name} failed:\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    metrics = [json.loads(line) for line in (Path(result["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    return {**result, "seconds": time.perf_counter() - started, "curve": [(m["round"], m["test_acc"]) for m in metrics]}
+
+
+def read_run(run_dir: Path) -> dict:
+    """A finished run folder as `run_config` reports it (seconds: the run's own, from summary.json)."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {**summary, "curve": [(m["round"], m["test_acc"]) for m in metrics]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("column", choices=COLUMNS)
+    parser.add_argument("--only", nargs="+", choices=ALL, help="these algorithms only")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once (each with one PyTorch thread if > 1)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every run")
+    parser.add_argument("--collect", nargs="+", type=Path, metavar="RUN_DIR",
+                        help="make the table from these finished run folders instead of running")
+    args = parser.parse_args()
+    pattern, published_key, comparable, algorithms, title = COLUMNS[args.column]
+    algorithms = [a for a in algorithms if not args.only or a in args.only]
+    published = json.loads((ROOT / "benchmarks" / "published.json").read_text())[published_key]
+    overrides = args.set + (["threads=1"] if args.jobs > 1 else [])
+    if args.collect:
+        runs = {r["method"].lower(): r for r in map(read_run, args.collect)}
+        results = {a: runs[a] for a in algorithms if a in runs}
+    else:
+        with tempfile.TemporaryDirectory(prefix="fedplug-column-") as outdir, ThreadPoolExecutor(args.jobs) as pool:
+            futures = {a: pool.submit(run_config, ROOT / pattern.format(a), Path(outdir), overrides)
+                       for a in algorithms}
+            results = {a: f.result() for a, f in futures.items()}
+    write_table(args, pattern, comparable, title, published, results)
+    plot(results, title, RESULTS / f"{args.column}_column.png")
+
+
+def write_table(args: argparse.Namespace, pattern: str, comparable: bool, title: str, published: dict,
+                results: dict) -> None:
+    rows = []
+    for algo, r in results.items():
+        ours, theirs = 100 * r["test_acc"], published.get(algo)
+        cells = [algo, f"{ours:.2f}", "–" if theirs is None else f"{theirs:.2f}"]
+        if comparable:
+            close = theirs is not None and abs(ours - theirs) <= TOLERANCE
+            cells += ["–" if theirs is None else f"{ours - theirs:+.2f}", "–" if theirs is None else
+                      ("yes" if close else "NO")]
+        cells += [f"{r['test_loss']:.4f}", str(r["best_round"]), str(r["rounds_run"]), f"{r['seconds']:.0f}"]
+        rows.append("| " + " | ".join(cells) + " |")
+        print(json.dumps({"column": args.column, "algorithm": algo, "test_acc": r["test_acc"],
+                          "published": None if theirs is None else theirs / 100, "best_round": r["best_round"],
+                          "rounds_run": r["rounds_run"], "seconds": round(r["seconds"], 1)}), flush=True)
+    published_head = "published" if comparable else f"published ({args.column.split('_')[0].replace('standin', 'FEMNIST')}, context)"
+    head = ["algorithm", "ours", published_head] + (["difference", f"within {TOLERANCE}"] if comparable else [])
+    head += ["test loss", "best round", "rounds run", "seconds"]
+    note = ("" if comparable else "\n**Not comparable to the published column**: a reduced protocol (every reduction is "
+            "marked REDUCED in the configs)" + (" on a stand-in data set (MNIST digits, 10 classes), not FEMNIST"
+                                                 if "standin" in args.column else "") +
+            "; the published numbers are shown for context only.\n")
+    if args.collect:
+        how = (f"Table made by `python benchmarks/column.py {args.column} --collect RUN_DIR ...` from finished runs of "
+               f"`fedplug --cfg {pattern.format('<algo>')}` ({time.strftime('%Y-%m-%d')}, 2 cores, no GPU; seconds are "
+               "each run's own, from its summary.json).")
+    else:
+        command = f"python benchmarks/column.py {args.column}" + (f" --jobs {args.jobs}" if args.jobs > 1 else "")
+        how = (f"Generated by `{command}` ({time.strftime('%Y-%m-%d')}, 2 cores, no GPU; seconds are wall time of "
+               f"each run, {args.jobs} run(s) at a time); configs `{pattern.format('<algo>')}`.")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{args.column}_column.md").write_text("\n".join([
+        f"# {title}: fedplug vs. published (weighted test accuracy %, best-val-loss round)",
+        "",
+        how,
+        note,
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+        *rows,
+        "",
+        f"![learning curves]({args.column}_column.png)",
+        "",
+    ]))
+
+
+def plot(results: dict, title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for algo, r in results.items():
+        rounds, accs = zip(*r["curve"])
+        ax.plot(rounds, [100 * a for a in accs], marker="o", markersize=3, label=algo)
+    ax.set(xlabel="round", ylabel="weighted test accuracy (%)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

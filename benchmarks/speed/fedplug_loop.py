@@ -1,0 +1,42 @@
+"""fedplug's round loop for the speed benchmarks: the simulation's sample -> train_cohort -> aggregate -> update.
+
+The same calls as fedplug/run/simulation.py's round (minus the run folder and checkpoints), on
+data handed in directly, timed per round.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from fedplug.backends import build_backend
+from fedplug.config import ConfigNode
+from fedplug.data.federated import FederatedData
+from fedplug.models import build_model
+from fedplug.run.plan import build_plan
+from fedplug.seeding import CLIENT_SAMPLING, generator
+from fedplug.server.aggregation import WeightedMean
+from fedplug.server.sampling import clients_per_round, sample_clients
+
+
+def fedplug_rounds(cfg: ConfigNode, data: FederatedData, rounds: int, evaluate: bool = False) -> dict:
+    """Seconds of each round (training and aggregation; evaluation too when `evaluate`), final parameters."""
+    plan = build_plan(cfg)
+    backend = build_backend(cfg, build_model(cfg, data.input_shape, plan), plan, data)
+    global_params = {n: t.clone() for n, t in backend.shared_parameters().items()}
+    k = clients_per_round(cfg, data.num_clients)
+    seconds, samples = [], 0
+    for round_num in range(1, rounds + 1):
+        started = time.perf_counter()
+        sampled = sample_clients(data.num_clients, k, generator(cfg.seed, CLIENT_SAMPLING, round_num))
+        mean = WeightedMean(global_params)
+        for params, weight, _ in backend.train_cohort(sampled, round_num, global_params):
+            mean.add(params, weight)
+            samples += weight
+        global_params = plan.update_global(global_params, mean.result())
+        if evaluate:
+            for split in ("val", "test"):
+                backend.evaluate(global_params, split)
+        seconds.append(time.perf_counter() - started)
+    return {"seconds": seconds, "samples": samples, "params": global_params,
+            "vectorized": getattr(backend, "vectorized", False)}

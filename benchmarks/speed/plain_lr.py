@@ -1,0 +1,98 @@
+"""The 100-client LR workload's rounds as plain PyTorch: a loop over clients, and torch.func.vmap over clients.
+
+No fedplug code in the arithmetic: seeds are derived the same way (NumPy SeedSequence), so both
+scripts sample the same clients and draw the same batches as fedplug, and their final parameters
+can be compared with fedplug's (the benchmark prints the largest difference).
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+
+def seed_for(root: int, *path: int) -> int:
+    return int(np.random.SeedSequence([root, *path]).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def _init(features: int, classes: int, seed: int) -> nn.Linear:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed_for(seed, 0))
+        return nn.Linear(features, classes)
+
+
+def _sample(num_clients: int, k: int, seed: int, r: int) -> list[int]:
+    return sorted(torch.randperm(num_clients, generator=torch.Generator().manual_seed(seed_for(seed, 1, r)))[:k]
+                  .tolist())
+
+
+def plain_loop(x: torch.Tensor, y: torch.Tensor, offsets: list[int], rounds: int, per_round: int, classes: int,
+               batch_size: int = 20, lr: float = 0.1, seed: int = 0) -> dict:
+    """One model, one client after another, one epoch of batches each (torch.optim.SGD)."""
+    model = _init(x.shape[1], classes, seed)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    global_params = [p.detach().clone() for p in model.parameters()]
+    seconds, samples = [], 0
+    for r in range(1, rounds + 1):
+        started = time.perf_counter()
+        sums, total = [torch.zeros_like(p) for p in global_params], 0
+        for c in _sample(len(offsets) - 1, per_round, seed, r):
+            with torch.no_grad():
+                for p, g in zip(model.parameters(), global_params):
+                    p.copy_(g)
+            xc, yc = x[offsets[c]:offsets[c + 1]], y[offsets[c]:offsets[c + 1]]
+            order = torch.randperm(xc.shape[0], generator=torch.Generator().manual_seed(seed_for(seed, 2, r, c)))
+            for start in range(0, xc.shape[0], batch_size):
+                idx = order[start:start + batch_size]
+                loss = F.cross_entropy(model(xc[idx]), yc[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            for s, p in zip(sums, model.parameters()):
+                s.add_(p.detach(), alpha=xc.shape[0])
+            total += xc.shape[0]
+        global_params = [s / total for s in sums]
+        samples += total
+        seconds.append(time.perf_counter() - started)
+    return {"seconds": seconds, "samples": samples, "params": dict(zip(["fc.weight", "fc.bias"], global_params))}
+
+
+def plain_vmap(x: torch.Tensor, y: torch.Tensor, offsets: list[int], rounds: int, per_round: int, classes: int,
+               batch_size: int = 20, lr: float = 0.1, seed: int = 0) -> dict:
+    """The sampled clients together: vmap(grad) over stacked parameters, padded batches with masks."""
+    model = _init(x.shape[1], classes, seed)
+    global_params = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    def loss_fn(params, xb, yb, mask):
+        per_row = F.cross_entropy(functional_call(model, params, (xb,)), yb, reduction="none")
+        return (per_row * mask).sum() / mask.sum().clamp(min=1)
+
+    grads_of = vmap(grad(loss_fn))
+    seconds, samples = [], 0
+    for r in range(1, rounds + 1):
+        started = time.perf_counter()
+        clients = _sample(len(offsets) - 1, per_round, seed, r)
+        sizes = [offsets[c + 1] - offsets[c] for c in clients]
+        steps = -(-max(sizes) // batch_size)
+        index = torch.full((len(clients), steps * batch_size), -1, dtype=torch.int64)
+        for i, c in enumerate(clients):
+            gen = torch.Generator().manual_seed(seed_for(seed, 2, r, c))
+            index[i, :sizes[i]] = torch.randperm(sizes[i], generator=gen) + offsets[c]
+        index = index.view(len(clients), steps, batch_size).transpose(0, 1)  # (steps, clients, batch)
+        masks = (index >= 0).float()
+        index = index.clamp(min=0)
+        params = {n: t.unsqueeze(0).repeat(len(clients), *[1] * t.dim()) for n, t in global_params.items()}
+        for s in range(steps):
+            g = grads_of(params, x[index[s]], y[index[s]], masks[s])
+            active = (masks[s].sum(dim=1) > 0).float()
+            params = {n: p - lr * g[n] * active.view(-1, *[1] * (p.dim() - 1)) for n, p in params.items()}
+        weights = torch.tensor(sizes, dtype=torch.float32)
+        global_params = {n: (p * weights.view(-1, *[1] * (p.dim() - 1))).sum(dim=0) / weights.sum()
+                         for n, p in params.items()}
+        samples += sum(sizes)
+        seconds.append(time.perf_counter() - started)
+    return {"seconds": seconds, "samples": samples, "params": {f"fc.{n}": t for n, t in global_params.items()}}

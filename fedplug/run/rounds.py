@@ -1,0 +1,145 @@
+"""The server's side of the rounds, shared by the simulation and the distributed server.
+
+Both run the same code for everything but the clients' work: sampling (from the round's own
+generator), the plan's global update from the weighted mean, evaluation pooling, early stopping,
+metrics and checkpoints. So a distributed run and a standalone run of one config agree bit for
+bit, and a run resumed from a checkpoint continues exactly where the checkpoint was taken.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+from fedplug.config import ConfigNode
+from fedplug.core.compose import Plan
+from fedplug.core.params import Params
+from fedplug.errors import UserError
+from fedplug.run import checkpoint
+from fedplug.run.early_stop import EarlyStopper
+from fedplug.run.evaluation import pool
+from fedplug.run.failpoint import failpoint
+from fedplug.run.fingerprint import check_same_run
+from fedplug.run.outputs import MetricsLog
+from fedplug.seeding import CLIENT_SAMPLING, generator
+from fedplug.server.aggregation import WeightedMean
+from fedplug.server.sampling import clients_per_round, sample_clients
+
+logger = logging.getLogger("fedplug")
+Evaluate = Callable[[Params], dict[str, list[dict[str, Any]]]]  # global params -> per split, per client
+
+
+class RoundKeeper:
+    """Global model, early stopping, metrics and checkpoints of one run, round after round."""
+
+    def __init__(self, cfg: ConfigNode, plan: Plan, run_dir: Path, num_clients: int, global_params: Params) -> None:
+        self.cfg, self.plan, self.run_dir = cfg, plan, run_dir
+        self.num_clients = num_clients
+        self.per_round = clients_per_round(cfg, num_clients)
+        self.global_params = global_params
+        self.stopper = EarlyStopper(cfg.early_stop.patience, cfg.early_stop.delta)
+        self.rounds_run = 0
+        self.records: list[dict[str, Any]] = []
+        # Per-client state lives with the clients: these move it into and out of checkpoints.
+        self.save_client_state: Callable[[int], dict[str, Any]] = lambda round_num: {}
+        self.load_client_state: Callable[[dict[str, Any], int], None] = lambda state, round_num: None
+        self.metrics: MetricsLog | None = None
+
+    # -- the rounds ----------------------------------------------------------------------------
+    def open(self, resume: bool) -> None:
+        """Start fresh, or continue from the run folder's checkpoint (metrics.jsonl cut back to it)."""
+        if resume:
+            self._restore()
+        path = self.run_dir / "metrics.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+        self.metrics = MetricsLog(path)
+        self.metrics.records = self.records
+
+    def rounds(self) -> range:
+        return range(self.rounds_run + 1, self.cfg.federate.total_round_num + 1)
+
+    def sample(self, round_num: int) -> list[int]:
+        return sample_clients(self.num_clients, self.per_round, generator(self.cfg.seed, CLIENT_SAMPLING, round_num))
+
+    def end_round(self, round_num: int, mean: WeightedMean, train_loss_sum: float, evaluate: Evaluate) -> bool:
+        """Global update, evaluation when due, early stopping, checkpoint when due; True: stop now."""
+        failpoint("round_end", round_num)
+        if mean.total_weight > 0:
+            self.global_params = self.plan.update_global(self.global_params, mean.result())
+        else:
+            logger.warning("round %d: no client result; the global model stays", round_num)
+        self.rounds_run = round_num
+        stop = False
+        if round_num % self.cfg.eval.freq == 0 or round_num == self.cfg.federate.total_round_num:
+            train_loss = train_loss_sum / mean.total_weight if mean.total_weight > 0 else float("nan")
+            record = {"round": round_num, "train_loss": train_loss, **pool(evaluate(self.global_params))}
+            self.metrics.write(record)
+            stop = self.stopper.update(round_num, record["val_loss"], record)
+            logger.info("round %d: val_loss %.4f, val_acc %.4f, test_acc %.4f", round_num, record["val_loss"],
+                        record["val_acc"], record["test_acc"])
+            if stop:
+                logger.info("early stop at round %d: no better val loss for %d evaluations", round_num,
+                            self.stopper.patience)
+        every = self.cfg.checkpoint.every
+        if every and round_num % every == 0 and not stop and round_num < self.cfg.federate.total_round_num:
+            self.save(round_num)
+        return stop
+
+    def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / checkpoint.CHECKPOINT_FILE
+
+    def save(self, round_num: int) -> None:
+        rng_tensors, rng_meta = checkpoint.rng_state()
+        tree = {"global": self.global_params, "rng": rng_tensors, "clients": self.save_client_state(round_num),
+                "server": {p.name: p.server_state() for p in self.plan.plugins}}
+        s = self.stopper
+        meta = {"round": round_num, "records": self.records, "rng": rng_meta,
+                "early_stop": {"best_round": s.best_round, "best_value": s.best_value, "best_metrics": s.best_metrics,
+                               "evals_without_improvement": s.evals_without_improvement}}
+        checkpoint.save(self.checkpoint_path, checkpoint.flatten(tree), meta)
+        logger.info("checkpoint at round %d: %s", round_num, self.checkpoint_path)
+
+    def _restore(self) -> None:
+        from fedplug.config import load_config
+
+        check_same_run(self.cfg, load_config(self.run_dir / "config.yaml"), str(self.run_dir))
+        tensors, meta = checkpoint.load(self.checkpoint_path)
+        missing = set(self.global_params) - set(checkpoint.unflatten(tensors, "global/"))
+        if missing:
+            raise UserError(f"checkpoint {self.checkpoint_path} lacks parameters {sorted(missing)}")
+        self.global_params = {name: tensors[f"global/{name}"] for name in self.global_params}
+        for plugin in self.plan.plugins:
+            plugin.load_server_state(checkpoint.unflatten(tensors, f"server/{plugin.name}/"))
+        self.rounds_run = meta["round"]
+        self.load_client_state(checkpoint.unflatten(tensors, "clients/"), self.rounds_run)
+        checkpoint.set_rng_state(checkpoint.unflatten(tensors, "rng/"), meta["rng"])
+        self.records = meta["records"]
+        for name, value in meta["early_stop"].items():
+            setattr(self.stopper, name, value)
+        logger.info("resumed from the checkpoint at round %d (%s)", self.rounds_run, self.checkpoint_path)
+
+
+def client_state_tree(kept: dict[int, Params], states: dict[int, dict[str, Params]]) -> dict[str, Any]:
+    """Per-client kept tensors and plug-in states as one checkpoint subtree (clients by id)."""
+    tree: dict[str, Any] = {}
+    for client, tensors in kept.items():
+        tree.setdefault(str(client), {})["kept"] = tensors
+    for client, per_plugin in states.items():
+        nonempty = {name: state for name, state in per_plugin.items() if state}
+        if nonempty:
+            tree.setdefault(str(client), {})["state"] = nonempty
+    return tree
+
+
+def split_client_state_tree(tree: dict[str, Any]) -> tuple[dict[int, Params], dict[int, dict[str, Params]]]:
+    kept = {int(c): v["kept"] for c, v in tree.items() if "kept" in v}
+    states = {int(c): v["state"] for c, v in tree.items() if "state" in v}
+    return kept, states
+

@@ -1,0 +1,92 @@
+"""Helpers for tests that start real fedplug processes (servers, clients, launch) on 127.0.0.1."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import IO
+
+ROOT = Path(__file__).resolve().parents[1]
+SILENT_TIMEOUT = 240  # a process silent this long is stuck: fail instead of hanging the suite
+
+
+def fedplug_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fedplug", *map(str, args)]
+
+
+def env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
+
+
+class Proc:
+    """A child process whose stderr is collected line by line (and can be waited on for a line)."""
+
+    def __init__(self, cmd: list[str], cwd: Path, **env_extra: str) -> None:
+        self.proc = subprocess.Popen(cmd, cwd=cwd, env=env(**env_extra), stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, start_new_session=True)
+        self.lines: list[str] = []
+        self.stdout = ""
+        self._cond = threading.Condition()
+        self._readers = [threading.Thread(target=self._read, args=(self.proc.stderr,), daemon=True),
+                         threading.Thread(target=self._read_stdout, daemon=True)]
+        for reader in self._readers:
+            reader.start()
+
+    def _read(self, pipe: IO[str]) -> None:
+        for line in pipe:
+            with self._cond:
+                self.lines.append(line)
+                self._cond.notify_all()
+        with self._cond:
+            self.lines.append("")  # end of stream
+            self._cond.notify_all()
+
+    def _read_stdout(self) -> None:
+        self.stdout = self.proc.stdout.read()
+
+    @property
+    def log(self) -> str:
+        with self._cond:
+            return "".join(self.lines)
+
+    def wait_for(self, text: str) -> str:
+        """The first stderr line containing `text`; fails if the process ends or goes silent first."""
+        seen = 0
+        with self._cond:
+            while True:
+                for line in self.lines[seen:]:
+                    if text in line:
+                        return line
+                    if line == "":
+                        raise AssertionError(f"process ended without printing {text!r}:\n{self.log[-3000:]}")
+                seen = len(self.lines)
+                if not self._cond.wait(SILENT_TIMEOUT):
+                    raise AssertionError(f"no {text!r} after {SILENT_TIMEOUT} s of silence:\n{self.log[-3000:]}")
+
+    def kill_group(self) -> None:
+        """SIGKILL the process and everything it started (its session)."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+
+    def finish(self, timeout: float = SILENT_TIMEOUT) -> tuple[int, dict | None]:
+        """(exit status, the final JSON line or None)."""
+        try:
+            code = self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.kill_group()
+        for reader in self._readers:
+            reader.join(10)
+        lines = [line for line in self.stdout.splitlines() if line.startswith("{")]
+        return code, json.loads(lines[-1]) if lines else None
+
+
+def without_run_dir(result: dict) -> dict:
+    return {k: v for k, v in result.items() if k != "run_dir"}
