@@ -22,12 +22,19 @@ def env(**extra: str) -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
 
 
+def _default_sigint() -> None:
+    """Give the child Ctrl-C back: a suite started in the background (`make test &`) ignores SIGINT,
+    and ignored signals are inherited, so the Ctrl-C test would wait on a child that never hears it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Proc:
     """A child process whose stderr is collected line by line (and can be waited on for a line)."""
 
     def __init__(self, cmd: list[str], cwd: Path, **env_extra: str) -> None:
         self.proc = subprocess.Popen(cmd, cwd=cwd, env=env(**env_extra), stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, start_new_session=True)
+                                     stderr=subprocess.PIPE, text=True, start_new_session=True,
+                                     preexec_fn=_default_sigint)
         self.lines: list[str] = []
         self.stdout = ""
         self._cond = threading.Condition()
