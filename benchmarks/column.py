@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 TOLERANCE = 1.5  # points, the bar for reference-protocol columns
 ALL = ("fedavg", "fedopt", "fedprox", "fedbn", "pfedme", "ditto", "fedem")
+PUBLISHED_NAMES = {"synthetic": "Synthetic", "femnist": "FEMNIST", "shakespeare": "Shakespeare"}
 # column -> (config path pattern, published column, comparable to the published numbers, algorithms, title)
 COLUMNS = {
     "synthetic": ("configs/{}_lr_on_synthetic.yaml", "synthetic", True,
@@ -97,7 +98,8 @@ def write_table(args: argparse.Namespace, pattern: str, comparable: bool, title:
         print(json.dumps({"column": args.column, "algorithm": algo, "test_acc": r["test_acc"],
                           "published": None if theirs is None else theirs / 100, "best_round": r["best_round"],
                           "rounds_run": r["rounds_run"], "seconds": round(r["seconds"], 1)}), flush=True)
-    published_head = "published" if comparable else f"published ({args.column.split('_')[0].replace('standin', 'FEMNIST')}, context)"
+    published_key = COLUMNS[args.column][1]
+    published_head = "published" if comparable else f"published ({PUBLISHED_NAMES[published_key]}, context)"
     head = ["algorithm", "ours", published_head] + (["difference", f"within {TOLERANCE}"] if comparable else [])
     head += ["test loss", "best round", "rounds run", "seconds"]
     note = ("" if comparable else "\n**Not comparable to the published column**: a reduced protocol (every reduction is "
