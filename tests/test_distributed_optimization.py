@@ -4,7 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+
 from fedplug.backends.sequential import SequentialBackend
+from fedplug.core.messages import RoundFacts
 from fedplug.data import build_data
 from fedplug.models import build_model
 from fedplug.run.plan import build_plan
@@ -69,7 +71,8 @@ def server_step(small_cfg, aggregate_values, **overrides) -> list[torch.Tensor]:
     global_params = {"p": torch.tensor([1.0, -2.0])}
     out = []
     for value in aggregate_values:
-        global_params = plan.update_global(global_params, {"p": torch.tensor(value)})
+        facts = RoundFacts(len(out) + 1, 12, (0,), global_params)
+        global_params = plan.update_global(global_params, {"p": torch.tensor(value)}, facts)
         out.append(global_params["p"])
     return out
 

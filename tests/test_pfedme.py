@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
+
 from fedplug.algorithms.pfedme import PFedMe
 from fedplug.backends.sequential import SequentialBackend
 from fedplug.core.compose import CompositionError, compose
+from fedplug.core.messages import RoundFacts
 from fedplug.core.plugin import Plugin
 from fedplug.core.trainer import Trainer
 from fedplug.data import build_data
@@ -67,10 +69,11 @@ def test_one_step_equals_the_hand_computation(small_cfg, mu: float) -> None:
 def test_server_transform_interpolates_by_beta(small_cfg) -> None:
     old = {"a": torch.tensor([1.0, 2.0]), "b": torch.tensor([[-3.0]])}
     aggregate = {"a": torch.tensor([3.0, 6.0]), "b": torch.tensor([[1.0]])}
-    half = PFedMe(small_cfg(pfedme__use=True, personalization__beta=0.5)).transform_aggregate(old, aggregate)
+    facts = RoundFacts(1, 12, (0, 1), old)
+    half = PFedMe(small_cfg(pfedme__use=True, personalization__beta=0.5)).transform_aggregate(old, aggregate, facts)
     assert torch.equal(half["a"], torch.tensor([2.0, 4.0])) and torch.equal(half["b"], torch.tensor([[-1.0]]))
     full = PFedMe(small_cfg(pfedme__use=True, personalization__beta=1.0))
-    assert all(torch.equal(full.transform_aggregate(old, aggregate)[n], aggregate[n]) for n in aggregate)
+    assert all(torch.equal(full.transform_aggregate(old, aggregate, facts)[n], aggregate[n]) for n in aggregate)
     assert full.describe_server() == ["transform          new = (1 - beta) * old + beta * aggregate, beta = 1.0"]
 
 

@@ -27,8 +27,9 @@ client eval routine:
   on_batch_end       _hook_on_batch_end [core], _hook_on_batch_end_count_correct [core]
   on_epoch_end       -
   on_fit_end         _hook_on_fit_end_eval [core]
-server:
-  aggregate          weighted mean of uploaded parameters, weight = samples processed [core]
+server (in this order):
+  weights            samples processed in the local update (aggregator.weighting samples) [core]
+  aggregate          streaming weighted mean of uploaded parameters [core]
   update             global <- aggregate [core]
 """
 
@@ -62,8 +63,9 @@ client ditto personal (10 steps, lr 0.1) routine:
   on_batch_end       _hook_on_batch_end [core]
   on_epoch_end       -
   on_fit_end         _hook_on_fit_end [core]
-server:
-  aggregate          weighted mean of uploaded parameters, weight = samples processed [core]
+server (in this order):
+  weights            samples processed in the local update (aggregator.weighting samples) [core]
+  aggregate          streaming weighted mean of uploaded parameters [core]
   update             global <- SGD(lr 1.0, momentum 0.0) step on delta = aggregate - global [fedopt]
 """
 

@@ -9,6 +9,7 @@ from fedplug.backends.schedule import cohort_batches
 from fedplug.backends.sequential import SequentialBackend
 from fedplug.backends.vectorized import VectorizedBackend, model_blockers
 from fedplug.core.compose import compose
+from fedplug.core.messages import RoundFacts, Upload
 from fedplug.core.plugin import HookSpec, Plugin
 from fedplug.core.trainer import Trainer
 from fedplug.data import build_data
@@ -16,7 +17,7 @@ from fedplug.models import build_model
 from fedplug.run.plan import build_plan, describe_plan
 from fedplug.run.simulation import run
 from fedplug.seeding import CLIENT_SAMPLING, generator
-from fedplug.server.aggregation import WeightedMean
+from fedplug.server.round import RoundAggregation
 from fedplug.server.sampling import clients_per_round, sample_clients
 from test_standin import standin_cfg  # noqa: F401  (fixture)
 
@@ -37,6 +38,15 @@ PLUGINS = {
     "fedem+fedprox": dict(fedem__use=True, fedem__num_models=2, fedprox__use=True, fedprox__mu=0.3),
     "fedprox+fedopt+ditto": dict(fedprox__use=True, fedprox__mu=0.1, fedopt__use=True,
                                  fedopt__optimizer__momentum=0.5, ditto__use=True),
+    "scaffold": dict(scaffold__use=True),
+    "scaffold+fedopt+fedbn_epochs_clip": dict(scaffold__use=True, fedopt__use=True, fedopt__optimizer__lr=0.5,
+                                              personalization__local_param=["bias"], train__batch_or_epoch="epoch",
+                                              train__local_update_steps=1, grad__grad_clip=0.3),
+    "fednova+fedprox_epochs_momentum": dict(fednova__use=True, fedprox__use=True, fedprox__mu=0.1,
+                                            train__batch_or_epoch="epoch", train__local_update_steps=1,
+                                            train__optimizer__momentum=0.5),
+    "feddyn": dict(feddyn__use=True, feddyn__alpha=0.1),
+    "feddyn+scaffold+ditto": dict(feddyn__use=True, feddyn__alpha=0.1, scaffold__use=True, ditto__use=True),
 }
 
 
@@ -52,31 +62,39 @@ def assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None
         torch.testing.assert_close(a[name], b[name], **TOL)
 
 
+def clone_upload(upload: Upload) -> Upload:
+    return Upload(upload.client, {n: t.clone() for n, t in upload.params.items()}, dict(upload.metrics),
+                  {p: {n: t.clone() for n, t in e.items()} for p, e in upload.extras.items()})
+
+
 def compare_rounds(seq_cfg, vec_cfg, rounds: int = 2) -> VectorizedBackend:
-    """Train the same rounds on both backends; parameters, weights, losses, states and evaluation agree."""
+    """Train the same rounds on both backends; parameters, extras, metrics, states and evaluation agree."""
     plan, seq = build(seq_cfg)
     _, vec = build(vec_cfg)
     assert isinstance(vec, VectorizedBackend) and vec.vectorized, vec.reasons
     global_params = {n: t.clone() for n, t in seq.shared_parameters().items()}
+    messages = plan.messages(global_params)
     num = seq.data.num_clients
     for round_num in range(1, rounds + 1):
         sampled = sample_clients(num, clients_per_round(seq_cfg, num),
                                  generator(seq_cfg.seed, CLIENT_SAMPLING, round_num))
-        mean = WeightedMean(global_params)
-        outs = []
-        for backend in (seq, vec):
-            outs.append([({n: t.clone() for n, t in p.items()}, w, loss)
-                         for p, w, loss in backend.train_cohort(sampled, round_num, global_params)])
-        for (p_s, w_s, l_s), (p_v, w_v, l_v) in zip(*outs):
-            assert w_s == w_v
-            assert l_s == pytest.approx(l_v, rel=1e-5)
-            assert_close(p_s, p_v)
-            mean.add(p_s, w_s)
+        facts = RoundFacts(round_num, num, tuple(sampled), global_params)
+        aggregation, extras = RoundAggregation(plan, facts, messages), plan.broadcast(facts, messages)
+        outs = [[clone_upload(u) for u in backend.train_cohort(sampled, round_num, global_params, extras)]
+                for backend in (seq, vec)]
+        for u_s, u_v in zip(*outs):
+            assert (u_s.client, u_s.samples, u_s.steps) == (u_v.client, u_v.samples, u_v.steps)
+            assert u_s.metrics["train_loss"] == pytest.approx(u_v.metrics["train_loss"], rel=1e-5)
+            assert_close(u_s.params, u_v.params)
+            assert u_s.extras.keys() == u_v.extras.keys()
+            for name in u_s.extras:
+                assert_close(u_s.extras[name], u_v.extras[name])
+            aggregation.add(u_s)
         for client in sampled:
             assert_close(seq._kept.get(client, {}), vec._kept.get(client, {}))
             for name, state in seq.client_states(client).items():
                 assert_close(state, vec.client_states(client)[name])
-        global_params = plan.update_global(global_params, mean.result())
+        global_params = plan.update_global(global_params, aggregation.aggregate(), facts)
     for split in ("val", "test"):
         for r_s, r_v in zip(seq.evaluate(global_params, split), vec.evaluate(global_params, split)):
             assert r_s[f"{split}_total"] == r_v[f"{split}_total"] and r_s[f"{split}_correct"] == r_v[f"{split}_correct"]
@@ -153,9 +171,9 @@ def test_what_cannot_vectorize_is_said_and_runs_sequentially(small_cfg, caplog) 
         "counting does not declare `vectorizes`: client routines run one client at a time (sequential)"]
     assert any("counting does not declare" in r.getMessage() for r in caplog.records)
     global_params = {n: t.clone() for n, t in reference.shared_parameters().items()}
-    for (p_v, w_v, _), (p_s, w_s, _) in zip(backend.train_cohort([0, 3, 5], 1, global_params),
-                                            reference.train_cohort([0, 3, 5], 1, global_params)):
-        assert w_v == w_s and all(torch.equal(p_v[n], p_s[n]) for n in p_v)  # the sequential path itself
+    for u_v, u_s in zip(backend.train_cohort([0, 3, 5], 1, global_params),
+                        reference.train_cohort([0, 3, 5], 1, global_params)):
+        assert u_v.metrics == u_s.metrics and all(torch.equal(u_v.params[n], u_s.params[n]) for n in u_v.params)
     lstm = small_cfg(model__type="lstm", model__out_channels=80, federate__backend="vectorized")
     assert "LSTM layer has no vmap batching rule" in describe_plan(build_plan(lstm), lstm)
     assert "dropout" in model_blockers(torch.nn.Sequential(torch.nn.Dropout(0.5)))[0]

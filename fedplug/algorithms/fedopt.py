@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from fedplug.core.messages import RoundFacts
 from fedplug.core.plugin import Params, Plugin
 
 
@@ -33,7 +34,7 @@ class FedOpt(Plugin):
         self.first_moment: Params = {}  # persistent across rounds
         self.second_moment: Params = {}
 
-    def server_update(self, old: Params, aggregate: Params) -> Params:
+    def server_update(self, old: Params, aggregate: Params, facts: RoundFacts) -> Params:
         opt, new = self.opt, {}
         b1, b2 = opt.betas
         for name, current in old.items():

@@ -23,6 +23,7 @@ import torch
 from fedplug.config import ConfigNode
 from fedplug.core.context import Context, CtxVar
 from fedplug.core.params import copy_parameters, load_parameters, trainable
+from fedplug.core.messages import RoundFacts
 from fedplug.core.plugin import HookSpec, Params, Plugin
 
 
@@ -128,7 +129,7 @@ class PFedMe(Plugin):
         return params
 
     # -- server ------------------------------------------------------------------------------------
-    def transform_aggregate(self, old: Params, aggregate: Params) -> Params:
+    def transform_aggregate(self, old: Params, aggregate: Params, facts: RoundFacts) -> Params:
         return {name: (1 - self.beta) * old[name] + self.beta * aggregate[name] for name in aggregate}
 
     def describe_server(self) -> list[str]:

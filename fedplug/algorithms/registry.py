@@ -25,6 +25,9 @@ from fedplug.errors import ConfigError
 BUILTIN = {
     "fedbn": ("FedBN", "fedplug.algorithms.fedbn:FedBN"),
     "fedprox": ("FedProx", "fedplug.algorithms.fedprox:FedProx"),
+    "scaffold": ("SCAFFOLD", "fedplug.algorithms.scaffold:Scaffold"),
+    "fednova": ("FedNova", "fedplug.algorithms.fednova:FedNova"),
+    "feddyn": ("FedDyn", "fedplug.algorithms.feddyn:FedDyn"),
     "pfedme": ("pFedMe", "fedplug.algorithms.pfedme:PFedMe"),
     "ditto": ("Ditto", "fedplug.algorithms.ditto:Ditto"),
     "fedem": ("FedEM", "fedplug.algorithms.fedem:FedEM"),

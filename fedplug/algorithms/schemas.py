@@ -60,3 +60,16 @@ register_section("fedem", Section("FedEM: a mixture of component models per clie
     "num_models": Key(3, "M, the number of component models", **_positive),
 }))
 register_alias("model.model_num_per_trainer", "fedem.num_models")
+
+register_section("scaffold", Section("SCAFFOLD: control variates correct client drift (Karimireddy et al. 2020)", {
+    "use": _use("SCAFFOLD"),
+}))
+
+register_section("fednova", Section("FedNova: normalized averaging of local updates (Wang et al. 2020)", {
+    "use": _use("FedNova"),
+}))
+
+register_section("feddyn", Section("FedDyn: dynamic regularization toward the global optimum (Acar et al. 2021)", {
+    "use": _use("FedDyn"),
+    "alpha": Key(0.01, "alpha, weight of the dynamic regularizer (0: FedAvg exactly)", **_non_negative),
+}))

@@ -25,6 +25,8 @@ ForwardLoss = Callable[[], tuple[torch.Tensor, torch.Tensor]]
 # step(params, forward_loss, k) -> loss_batch (k,): one batch's update, in place, of the first k clients'
 # stacked parameters (`params` are already those k rows)
 Step = Callable[[Params, ForwardLoss, int], torch.Tensor]
+# gradient(grads, params, k) -> grads: the gradient point for the first k clients (stacked, shared names only)
+Gradient = Callable[[Params, Params, int], Params]
 
 
 class Cohort:
@@ -50,10 +52,11 @@ class Cohort:
         return [self.backend.client_states(c)[plugin] for c in self.clients]
 
     def train(self, params: Params, steps: int, lr: float, penalty: Penalty | None = None,
-              step: Step | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+              step: Step | None = None, gradient: Gradient | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One local update of `params` (stacked leaves, updated in place) and of the cohort's buffers.
 
-        Returns per client the summed batch losses (float64) and the samples processed.
+        Returns per client the summed batch losses (float64), the samples processed and the steps taken.
         """
         cfg = self.backend.cfg
         batches = cohort_batches(self.sizes, self.offsets, self.generators, cfg.dataloader.batch_size,
@@ -77,11 +80,23 @@ class Cohort:
             if step is None:
                 task, loss_batch = forward_loss()
                 leaves = list(rows.values())
-                sgd(leaves, list(torch.autograd.grad(task.sum(), leaves)), k)
+                grads = list(torch.autograd.grad(task.sum(), leaves))
+                if gradient is not None:
+                    grads = self._gradient_point(gradient, rows, grads, k)
+                sgd(leaves, grads, k)
             else:
                 loss_batch = step(rows, forward_loss, k)
             loss_sum[:k] += loss_batch.double() * counts[:k]
-        return loss_sum, batches.counts.sum(dim=0)
+        return loss_sum, batches.counts.sum(dim=0), (batches.counts > 0).sum(dim=0)
+
+    def _gradient_point(self, gradient: Gradient, rows: Params, grads: list[torch.Tensor],
+                        k: int) -> list[torch.Tensor]:
+        """Apply the gradient transforms to the shared parameters' gradients (the others pass through)."""
+        names = list(rows)
+        shared = {n: g for n, g in zip(names, grads) if n in self.received}
+        values = {n: rows[n].detach() for n in shared}
+        shared = gradient(shared, values, k)
+        return [shared.get(n, g) for n, g in zip(names, grads)]
 
     def _batch_losses(self, params: Params, batches: CohortBatches, s: int,
                       k: int) -> tuple[torch.Tensor, torch.Tensor]:

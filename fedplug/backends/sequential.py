@@ -1,12 +1,14 @@
 """The sequential backend: one model object, loaded in place with each client's tensors.
 
 A client visit: download (global parameters, plus the client's own local parameters such as
-FedBN's), run the routine with the client's plug-in states in the Context, then read back what it
-uploads (the shared parameters) and what it keeps (its local parameters). Per-client state lives
-in plain dicts of tensors, never in model objects.
+FedBN's), run the routine with the client's plug-in states, the plug-ins' broadcast tensors and
+the gradient point's transforms in the Context, then read back what it uploads (the shared
+parameters and the plug-ins' `client_upload` tensors) and what it keeps (its local parameters).
+Per-client state lives in plain dicts of tensors, never in model objects.
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Iterator
 
 import torch
@@ -14,7 +16,9 @@ from torch import nn
 
 from fedplug.config import ConfigNode
 from fedplug.core.compose import Plan
+from fedplug.core.messages import Upload
 from fedplug.core.params import Params
+from fedplug.core.plugin import LocalView, Plugin
 from fedplug.core.trainer import Trainer
 from fedplug.data.federated import FederatedData
 from fedplug.seeding import CLIENT_TRAINING, generator
@@ -59,27 +63,52 @@ class SequentialBackend:
                 elif name in kept:
                     t.copy_(kept[name])
 
-    def train_client(self, client: int, round_num: int, global_params: Params) -> dict[str, Any]:
-        """One local update; the uploaded parameters are views, read them before the next visit."""
+    def init_states(self, client: int, global_params: Params) -> dict[str, dict[str, torch.Tensor]]:
+        """The client's plug-in states, those still empty filled by `init_client_state` (first visit)."""
+        states = self.client_states(client)
+        for plugin in self.plan.with_method("init_client_state"):
+            if not states[plugin.name]:
+                states[plugin.name].update(plugin.init_client_state(global_params))
+        return states
+
+    def train_client(self, client: int, round_num: int, global_params: Params,
+                     extras: dict[str, Params] | None = None) -> dict[str, Any]:
+        """One local update; the uploaded tensors are views, read them before the next visit."""
+        extras = extras or {}
         self.download(client, global_params)
+        states = self.init_states(client, global_params)
+        lr = self.cfg.train.optimizer.lr
+        transforms = [partial(_transform, plugin, global_params, extras.get(plugin.name, {}), states[plugin.name], lr)
+                      for plugin in self.plan.with_method("transform_gradients")]
         result = self.trainer.train(*self.data.splits["train"].client(client),
                                     generator=generator(self.cfg.seed, CLIENT_TRAINING, round_num, client),
-                                    client_id=client, client_states=self.client_states(client),
-                                    global_params=global_params, trainer=self.trainer)
+                                    client_id=client, client_states=states, global_params=global_params,
+                                    received_extras=extras, gradient_transforms=transforms, trainer=self.trainer)
         if self.kept_names:
             self._kept[client] = self._read(self.kept_names)
-        return {**result, "params": self.shared_parameters()}
+        params = self.shared_parameters()
+        metrics = {k: result[k] for k in ("train_total", "train_steps", "train_loss")}
+        return {**result, "params": params, "extras": self._uploads(client, params, global_params, extras, metrics)}
 
-    def train_cohort(self, clients: list[int], round_num: int,
-                     global_params: Params) -> Iterator[tuple[Params, float, float]]:
-        """(uploaded parameters, aggregation weight, mean train loss) per client, in order.
+    def _uploads(self, client: int, params: Params, received: Params, extras: dict[str, Params],
+                 metrics: dict[str, float]) -> dict[str, Params]:
+        """Each plug-in's `client_upload` tensors for this client's finished local update."""
+        states = self.client_states(client)
+        lr = self.cfg.train.optimizer.lr
+        return {p.name: p.client_upload(LocalView(params, received, extras.get(p.name, {}), states[p.name], lr, metrics))
+                for p in self.plan.with_method("client_upload")}
 
-        One client at a time: the parameters yielded are views of the one model, valid until the
-        next item is requested (a streaming mean reads them at once).
+    def train_cohort(self, clients: list[int], round_num: int, global_params: Params,
+                     extras: dict[str, Params] | None = None) -> Iterator[Upload]:
+        """Each client's upload, in order.
+
+        One client at a time: the tensors yielded are views of the one model, valid until the
+        next item is requested (the round's aggregation reads them at once).
         """
         for client in clients:
-            result = self.train_client(client, round_num, global_params)
-            yield result["params"], result["train_total"], result["train_loss"]
+            result = self.train_client(client, round_num, global_params, extras)
+            metrics = {k: result[k] for k in ("train_total", "train_steps", "train_loss")}
+            yield Upload(client, result["params"], metrics, result["extras"])
 
     def export_client_state(self) -> tuple[dict[int, Params], dict[int, dict[str, Params]]]:
         """(kept tensors, plug-in states) per client, for a checkpoint (the backend's own dicts)."""
@@ -102,3 +131,9 @@ class SequentialBackend:
                                                  client_id=client, client_states=self.client_states(client),
                                                  global_params=global_params, trainer=self.trainer))
         return results
+
+
+def _transform(plugin: Plugin, received: Params, extras: Params, state: dict[str, torch.Tensor], lr: float,
+               grads: Params, params: Params) -> Params:
+    """One plug-in's gradient transform for one client (bound with partial; the Trainer's backward calls it)."""
+    return plugin.transform_gradients(grads, LocalView(params, received, extras, state, lr))

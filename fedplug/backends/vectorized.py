@@ -20,15 +20,16 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from fedplug.backends.cohort import Cohort
+from fedplug.backends.cohort import Cohort, Gradient
 from fedplug.backends.evaluation import evaluate_global, evaluate_per_client
 from fedplug.backends import masked_norm
 from fedplug.backends.functional import make_forward, make_masked_forward, stack
 from fedplug.backends.sequential import SequentialBackend
 from fedplug.config import ConfigNode
-from fedplug.core.compose import Plan
+from fedplug.core.compose import CompositionError, Plan
 from fedplug.core.params import Params
-from fedplug.core.plugin import Plugin
+from fedplug.core.messages import Upload
+from fedplug.core.plugin import LocalView, Plugin, overrides
 from fedplug.data.federated import FederatedData
 
 logger = logging.getLogger("fedplug")
@@ -37,6 +38,25 @@ logger = logging.getLogger("fedplug")
 def _no_client_code(plugin: Plugin) -> bool:
     cls = type(plugin)
     return not plugin.hooks() and cls.wrap_model is Plugin.wrap_model and not plugin.extra_routines()
+
+
+TRAIN_FORMS = ("cohort_penalty", "cohort_fit_start", "cohort_step", "cohort_fit_end", "cohort_losses")
+EVAL_FORMS = ("cohort_eval_params", "cohort_eval_outputs")
+
+
+def check_cohort_forms(plan: Plan) -> None:
+    """A plug-in that claims `vectorizes` must give the cohort form of each routine it hooks into:
+    otherwise its hooks would silently not run on cohorts. Refused with a sentence instead."""
+    for plugin in plan.plugins:
+        if not plugin.vectorizes:
+            continue
+        routines = {spec.routine for spec in plugin.hooks()} | ({"train"} if plugin.extra_routines() else set())
+        for routine, forms in (("train", TRAIN_FORMS), ("eval", EVAL_FORMS)):
+            if routine in routines and not any(overrides(plugin, form) for form in forms):
+                raise CompositionError(
+                    f"{plugin.name} declares `vectorizes` and hooks into the {routine} routine, but defines none of "
+                    f"{', '.join(forms)}: its hooks would not run on cohorts. Give their cohort form, or set "
+                    "vectorizes = False (the backend then runs client routines one client at a time)")
 
 
 def plugin_blockers(plan: Plan) -> list[str]:
@@ -73,6 +93,7 @@ class VectorizedBackend(SequentialBackend):
 
     def __init__(self, cfg: ConfigNode, model: nn.Module, plan: Plan, data: FederatedData) -> None:
         super().__init__(cfg, model, plan, data)
+        check_cohort_forms(plan)
         self.reasons = plugin_blockers(plan) + model_blockers(model) + size_blockers(model, cfg)
         for line in self.reasons:
             logger.warning("vectorized backend: %s", line)
@@ -152,15 +173,18 @@ class VectorizedBackend(SequentialBackend):
             out[name] = t.requires_grad_(True)
         return out
 
-    def train_cohort(self, clients: list[int], round_num: int,
-                     global_params: Params) -> Iterator[tuple[Params, float, float]]:
+    def train_cohort(self, clients: list[int], round_num: int, global_params: Params,
+                     extras: dict[str, Params] | None = None) -> Iterator[Upload]:
         if not self.vectorized:
-            yield from super().train_cohort(clients, round_num, global_params)
+            yield from super().train_cohort(clients, round_num, global_params, extras)
             return
+        extras = extras or {}
         train = self.cfg.train
         penalties = [p for p in self.plan.plugins if type(p).cohort_penalty is not Plugin.cohort_penalty]
         steppers = [p for p in self.plan.plugins if type(p).cohort_step is not Plugin.cohort_step]
         for start in range(0, len(clients), self.chunk_train):
+            for client in clients[start:start + self.chunk_train]:
+                self.init_states(client, global_params)
             cohort = Cohort(self, clients[start:start + self.chunk_train], round_num, global_params)
             for plugin in self.plan.plugins:
                 plugin.cohort_fit_start(cohort)
@@ -169,8 +193,9 @@ class VectorizedBackend(SequentialBackend):
                 return sum(p.cohort_penalty(params, cohort.received) for p in penalties)
 
             step = steppers[0].cohort_step(cohort) if steppers else None
-            loss_sum, samples = cohort.train(cohort.params, train.local_update_steps, train.optimizer.lr,
-                                             penalty if penalties else None, step)
+            loss_sum, samples, steps = cohort.train(cohort.params, train.local_update_steps, train.optimizer.lr,
+                                                    penalty if penalties else None, step,
+                                                    self._gradient_point(cohort, extras))
             for plugin in self.plan.plugins:
                 plugin.cohort_fit_end(cohort)
             self._keep(cohort)
@@ -178,8 +203,27 @@ class VectorizedBackend(SequentialBackend):
             for client in clients[start:start + self.chunk_train]:
                 i = position[client]
                 n = int(samples[i])
-                yield ({name: cohort.params[name][i].detach() for name in self.shared_names}, n,
-                       float(loss_sum[i]) / max(n, 1))
+                params = {name: cohort.params[name][i].detach() for name in self.shared_names}
+                metrics = {"train_total": n, "train_steps": int(steps[i]), "train_loss": float(loss_sum[i]) / max(n, 1)}
+                yield Upload(client, params, metrics, self._uploads(client, params, global_params, extras, metrics))
+
+    def _gradient_point(self, cohort: Cohort, extras: dict[str, Params]) -> Gradient | None:
+        """The plan's gradient transforms on stacked gradients, with each plug-in's client states stacked."""
+        plugins = self.plan.with_method("transform_gradients")
+        if not plugins:
+            return None
+        lr = self.cfg.train.optimizer.lr
+        stacked = {p.name: stack(states, list(states[0])) if states[0] else {}
+                   for p in plugins for states in [cohort.states(p.name)]}
+
+        def gradient(grads: Params, params: Params, k: int) -> Params:
+            for plugin in plugins:
+                state = {n: t[:k] for n, t in stacked[plugin.name].items()}  # the clients still training
+                grads = plugin.transform_gradients(grads, LocalView(params, cohort.received,
+                                                                    extras.get(plugin.name, {}), state, lr))
+            return grads
+
+        return gradient
 
     def _keep(self, cohort: Cohort) -> None:
         if not self.kept_names:
@@ -201,6 +245,7 @@ def plan_lines(cfg: ConfigNode, plan: Plan) -> list[str]:
     """`fedplug plan`'s lines for this backend: vectorized, or each reason it is not."""
     from fedplug.models import build_model
 
+    check_cohort_forms(plan)
     reasons = plugin_blockers(plan)
     try:  # the model's layers; its input size does not change which layers it has
         model = build_model(cfg, (784,), plan)

@@ -6,6 +6,7 @@ unknown keys come with the closest valid ones, wrong types with the expected typ
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -13,6 +14,8 @@ import yaml
 
 from fedplug.config.schema import ALIASES, ROOT, ConfigNode, Key, Section
 from fedplug.errors import ConfigError
+
+SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def suggest(path: str, candidates: Iterable[str]) -> str:
@@ -41,6 +44,8 @@ def coerce(path: str, key: Key, value: Any) -> Any:
     elif expected is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif expected is float:
+        if isinstance(value, str) and SCIENTIFIC.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 (PyYAML) reads `1e-2` and `1e9` as strings
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
     elif expected is str:

@@ -40,6 +40,12 @@ register_section("federate", Section("the federation: rounds, clients, sampling"
     }),
 }))
 
+register_section("aggregator", Section("how the server combines the uploads of a round", {
+    "weighting": Key("samples", "a client's aggregation weight: samples (processed in its local update; the reference "
+                     "protocol's), uniform, or steps (local steps taken). A weighting plug-in (FedNova) sets it "
+                     "itself", choices=("samples", "uniform", "steps")),
+}))
+
 register_section("data", Section("the federated data set", {
     "type": Key("synthetic", "data set name; mnist_standin: real MNIST digits split like FEMNIST's writers "
                 "(a stand-in, never FEMNIST)", choices=("synthetic", "mnist_standin", "femnist", "shakespeare")),

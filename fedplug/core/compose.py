@@ -1,10 +1,12 @@
 """Composition: the active plug-ins become one immutable plan, once, at start-up.
 
-The plan holds the ordered hooks of each routine, the server pipeline (aggregate -> transforms
-in plan order -> update) and who owns what. Impossible combinations are refused here with a
-sentence naming both parties: two plug-ins in one exclusive role, two replacing the same hook,
-an ordering cycle or a missing anchor, and two plug-ins writing the same context field at one
-trigger point with no order between them.
+The plan holds the ordered hooks of each routine, the gradient point's transforms, the server
+pipeline (weights -> aggregate -> receive -> transforms in plan order -> update) and who owns
+what. Impossible combinations are refused here with a sentence naming both parties: two plug-ins
+in one exclusive role, two replacing the same hook, an ordering cycle or a missing anchor, two
+plug-ins writing the same context field at one trigger point with no order between them, a
+gradient transform next to a plug-in that replaces the backward step, and a weighting plug-in
+next to a configured `aggregator.weighting`.
 """
 from __future__ import annotations
 
@@ -14,14 +16,25 @@ from typing import Mapping
 
 from fedplug.core.default_hooks import CORE_WRITES, default_eval_hooks, default_train_hooks
 from fedplug.core.hooks import HookTable
-from fedplug.core.plugin import HookSpec, Params, Plugin
+from fedplug.core.messages import Messages, RoundFacts, Upload
+from fedplug.core.plugin import HookSpec, Params, Plugin, overrides
 from fedplug.errors import UserError
+
+WEIGHTINGS = {  # aggregator.weighting -> (a client's weight from its upload, the plan's words)
+    "samples": (lambda u: float(u.samples), "samples processed in the local update"),
+    "uniform": (lambda u: 1.0, "uniform (1 per client)"),
+    "steps": (lambda u: float(u.steps), "local steps taken"),
+}
+BACKWARD_HOOK = "_hook_on_batch_backward"
 
 ROLE_REASONS = {
     "personalization": "each keeps its own per-client model and decides which model a client evaluates",
     "server_update": "each decides how the global model moves from the aggregate",
     "model": "each replaces the model the clients train",
+    "aggregator": "each decides how the uploads of a round combine",
+    "weighting": "each sets the clients' aggregation weights",
 }
+ROLE_METHODS = {"server_update": "server_update", "aggregator": "aggregate", "weighting": "client_weight"}
 
 
 class CompositionError(UserError):
@@ -33,6 +46,9 @@ class Plan:
     plugins: tuple[Plugin, ...]
     tables: Mapping[str, HookTable]
     server_updater: Plugin | None
+    aggregator: Plugin | None = None
+    weigher: Plugin | None = None
+    weighting: str = "samples"  # aggregator.weighting, used when no plug-in sets the weights
 
     def hook_tables(self) -> dict[str, HookTable]:
         """Fresh copies for a Trainer (the plan itself never changes)."""
@@ -47,11 +63,48 @@ class Plan:
     def names(self) -> list[str]:
         return [p.name for p in self.plugins]
 
-    def update_global(self, old: Params, aggregate: Params) -> Params:
-        """The server pipeline after aggregation: each plug-in's transform in plan order, then the update."""
+    def with_method(self, method: str) -> tuple[Plugin, ...]:
+        """The plug-ins that define `method` themselves, in plan order."""
+        return tuple(p for p in self.plugins if overrides(p, method))
+
+    def messages(self, shared: Params) -> dict[str, Messages]:
+        """Each plug-in's extra tensors, for this layout of the shared parameters (those that declare any)."""
+        return {p.name: p.messages(shared) for p in self.with_method("messages")}
+
+    def broadcast(self, facts: RoundFacts, messages: dict[str, Messages]) -> dict[str, Params]:
+        """The round's `down` tensors of every plug-in, checked against what each declared."""
+        out = {}
+        for plugin in self.with_method("broadcast"):
+            tensors = plugin.broadcast(facts)
+            declared = messages[plugin.name].down if plugin.name in messages else {}
+            if set(tensors) != set(declared):
+                raise UserError(f"{plugin.name}.broadcast() sent {sorted(tensors)[:3]}, but its messages() declares "
+                                f"{sorted(declared)[:3]} going down")
+            out[plugin.name] = tensors
+        return out
+
+    def weight(self, upload: Upload) -> float:
+        """A client's aggregation weight: the weighting plug-in's, else `aggregator.weighting`."""
+        weight = (self.weigher.client_weight(upload) if self.weigher else WEIGHTINGS[self.weighting][0](upload))
+        if not (weight > 0 and weight < float("inf")):
+            who = self.weigher.name if self.weigher else f"aggregator.weighting {self.weighting}"
+            raise UserError(f"{who} gave client {upload.client} the aggregation weight {weight}: weights must be "
+                            "positive and finite")
+        return float(weight)
+
+    def describe_weighting(self) -> str:
+        if self.weigher:
+            return f"set by {self.weigher.name}"
+        return f"{WEIGHTINGS[self.weighting][1]} (aggregator.weighting {self.weighting})"
+
+    def update_global(self, old: Params, aggregate: Params, facts: RoundFacts) -> Params:
+        """The server pipeline after aggregation: every plug-in's `receive`, each plug-in's transform in
+        plan order, then the update."""
+        for plugin in self.with_method("receive"):
+            plugin.receive(facts)
         for plugin in self.plugins:
-            aggregate = plugin.transform_aggregate(old, aggregate)
-        return self.server_updater.server_update(old, aggregate) if self.server_updater else aggregate
+            aggregate = plugin.transform_aggregate(old, aggregate, facts)
+        return self.server_updater.server_update(old, aggregate, facts) if self.server_updater else aggregate
 
 
 def _check_roles(plugins: list[Plugin]) -> None:
@@ -64,6 +117,10 @@ def _check_roles(plugins: list[Plugin]) -> None:
                 raise CompositionError(f"{other.name} and {plugin.name} cannot be combined: both fill the "
                                        f"exclusive role '{role}' ({why}); switch one of them off")
             holder[role] = plugin
+    for role, plugin in holder.items():
+        method = ROLE_METHODS.get(role)
+        if method and not overrides(plugin, method):
+            raise CompositionError(f"{plugin.name} fills the role '{role}' but does not define {method}()")
 
 
 def _place(table: HookTable, routine: str, specs: list[tuple[Plugin, HookSpec]]) -> None:
@@ -133,8 +190,25 @@ def _check_writes(routine: str, table: HookTable, specs: list[tuple[Plugin, Hook
                         f"(hooks '{name_a}' and '{name_b}') with no order between them; declare before/after")
 
 
-def compose(plugins: list[Plugin]) -> Plan:
+def _check_server_side(plugins: list[Plugin], weighting: str) -> None:
+    if weighting not in WEIGHTINGS:
+        raise CompositionError(f"aggregator.weighting '{weighting}' is not one of {', '.join(WEIGHTINGS)}")
+    weighers = [p for p in plugins if "weighting" in p.roles]
+    if weighers and weighting != "samples":
+        raise CompositionError(f"{weighers[0].name} sets the aggregation weights itself; aggregator.weighting "
+                               f"{weighting} cannot apply too: leave aggregator.weighting at samples")
+    gradient = [p for p in plugins if overrides(p, "transform_gradients")]
+    for plugin in plugins:
+        for spec in plugin.hooks():
+            if gradient and spec.replaces == BACKWARD_HOOK and spec.routine == "train":
+                raise CompositionError(f"{gradient[0].name} and {plugin.name} cannot be combined: {plugin.name} "
+                                       f"replaces the backward step ({BACKWARD_HOOK}), so {gradient[0].name}'s "
+                                       "gradient transform would never run")
+
+
+def compose(plugins: list[Plugin], weighting: str = "samples") -> Plan:
     _check_roles(plugins)
+    _check_server_side(plugins, weighting)
     tables = {"train": default_train_hooks(), "eval": default_eval_hooks()}
     for routine, table in tables.items():
         specs = [(p, s) for p in plugins for s in p.hooks() if s.routine == routine]
@@ -156,5 +230,8 @@ def compose(plugins: list[Plugin]) -> Plan:
                  for p, s in specs]
         _place(table, routine, [(p, s) for p, s in specs if s.replaces is None])
         _check_writes(routine, table, specs)
-    updaters = [p for p in plugins if "server_update" in p.roles]
-    return Plan(tuple(plugins), MappingProxyType(tables), updaters[0] if updaters else None)
+    def holder(role: str) -> Plugin | None:
+        return next((p for p in plugins if role in p.roles), None)
+
+    return Plan(tuple(plugins), MappingProxyType(tables), holder("server_update"), holder("aggregator"),
+                holder("weighting"), weighting)

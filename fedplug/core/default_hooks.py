@@ -4,7 +4,9 @@ Names follow the seed (`_hook_on_<trigger>_<what>`), so plug-ins and users can a
 Context variables the routines read: `model`, `cfg`, `criterion`, `x`/`y` (the current split),
 `generator` and `lr` (train only), and the schedule the Trainer sets (`num_batch`,
 `batch_size_cfg`, ...). The runner adds `client_id`, `client_states`, `global_params` (what the
-client received) and `trainer`.
+client received), `received_extras` (the plug-ins' broadcast tensors), `trainer`, and for the
+update of the uploaded model `gradient_transforms` (the gradient point's functions, in plan order).
+docs/hooks.md lists every field.
 """
 from __future__ import annotations
 
@@ -61,9 +63,24 @@ def _hook_on_batch_forward(ctx: Context) -> None:
 def _hook_on_batch_backward(ctx: Context) -> None:
     ctx.optimizer.zero_grad()
     ctx.loss_task.backward()
+    if ctx.get("gradient_transforms"):
+        apply_gradient_transforms(ctx)
     if ctx.cfg.grad.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(ctx.model.parameters(), ctx.cfg.grad.grad_clip)
     ctx.optimizer.step()
+
+
+def apply_gradient_transforms(ctx: Context) -> None:
+    """The gradient point: each transform maps the shared parameters' gradients to new ones, in plan order
+    (before clipping, so that the clip bounds the step actually taken)."""
+    with torch.no_grad():
+        params = {n: p for n, p in ctx.model.named_parameters() if n in ctx.global_params and p.grad is not None}
+        grads = {n: p.grad for n, p in params.items()}
+        values = {n: p.detach() for n, p in params.items()}
+        for transform in ctx.gradient_transforms:
+            grads = transform(grads, values)
+        for name, p in params.items():
+            p.grad = grads[name]
 
 
 def _hook_on_batch_end(ctx: Context) -> None:
@@ -76,7 +93,9 @@ def _hook_on_batch_end_count_correct(ctx: Context) -> None:
 
 
 def _hook_on_fit_end(ctx: Context) -> None:
-    ctx.results = {"train_total": ctx.num_samples, "train_loss": ctx.loss_total / max(ctx.num_samples, 1)}
+    steps = (ctx.num_epoch - 1) * ctx.num_batch + ctx.num_batch_last_epoch
+    ctx.results = {"train_total": ctx.num_samples, "train_steps": steps,
+                   "train_loss": ctx.loss_total / max(ctx.num_samples, 1)}
 
 
 def _hook_on_fit_end_eval(ctx: Context) -> None:

@@ -3,21 +3,26 @@
 A plug-in is switched on by `<name>.use: true` (or `federate.method`). It declares:
 - `hooks()`: client hooks, each at a trigger point of a routine, placed relative to named hooks
   (`before`/`after`), or replacing one (`replaces`), with the context fields it `writes`;
-- `roles`: exclusive roles it fills ("personalization", "server_update", "model", ...): two
-  active plug-ins filling one role are refused at start-up;
-- its server side: `transform_aggregate` (chained, in plan order) and, for the one plug-in with
-  the "server_update" role, `server_update`;
+- `roles`: exclusive roles it fills ("personalization", "server_update", "model", "aggregator",
+  "weighting", ...): two active plug-ins filling one role are refused at start-up;
+- what travels besides the model (`messages`, `broadcast`, `client_upload`): core/messages.py;
+- the gradient point (`transform_gradients`): between backward and the optimizer step;
+- its server side, run in this order each round: weights (`client_weight`, the "weighting" role),
+  the aggregate (`aggregate`, the "aggregator" role, else the streaming weighted mean), `receive`
+  (every plug-in, plan order), `transform_aggregate` (chained, plan order), `server_update` (the
+  "server_update" role); each gets the round's facts (core/messages.RoundFacts);
 - `local_parameters(names)`: parameter names that never travel (kept per client);
 - `wrap_model(model, make)`: for the plug-in with the "model" role, the model the clients train;
 - per-client state: `self.state(ctx)` is this plug-in's own dict for the client being visited,
-  kept between rounds by the runner (tensors only);
+  kept between rounds by the runner (tensors only); `init_client_state` fills it at a first visit;
 - `vectorizes` and the `cohort_*` forms of its client hooks, for the vectorized backend
-  (docs/vectorized.md).
+  (docs/vectorized.md). The pure points (`transform_gradients`, `client_upload`, `init_client_state`)
+  serve every backend as they are.
 Each plug-in sees its own frozen config section as `self.section` and the whole config read-only.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
 import torch
@@ -26,8 +31,8 @@ from torch import nn
 from fedplug.config import ConfigNode
 from fedplug.core.context import Context
 from fedplug.core.hooks import HookFn, HookTable
+from fedplug.core.messages import Messages, RoundFacts, Upload
 from fedplug.core.params import Params
-
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,18 @@ class HookSpec:
     after: tuple[str, ...] = ()
     replaces: str | None = None
     writes: tuple[str, ...] = ()
+
+
+@dataclass
+class LocalView:
+    """One local update as the pure client points see it (this plug-in's part of it)."""
+
+    params: Params  # trainable shared parameters: current (gradient point) or final (upload), detached
+    received: Params  # the global parameters the client received
+    extras: Params  # this plug-in's `down` tensors as received
+    state: dict[str, torch.Tensor]  # this plug-in's kept state of the client (write into it at upload)
+    lr: float  # the client learning rate of the update
+    metrics: dict[str, float] = field(default_factory=dict)  # at upload: train_total, train_steps, train_loss
 
 
 class Plugin:
@@ -71,10 +88,47 @@ class Plugin:
         """The model clients train; `make()` builds another freshly initialised copy (FedEM)."""
         return model
 
-    def transform_aggregate(self, old: Params, aggregate: Params) -> Params:
+    # -- what travels (core/messages.py) ------------------------------------------------------------
+    def messages(self, shared: Params) -> Messages:
+        """The extra tensors this plug-in sends down and up, given the shared parameters' layout."""
+        return Messages()
+
+    def broadcast(self, facts: RoundFacts) -> Params:
+        """Server: this round's `down` tensors, sent with the global model to every sampled client."""
+        return {}
+
+    # -- client side: pure functions of tensors, the same for every backend ----------------------------
+    def init_client_state(self, received: Params) -> dict[str, torch.Tensor]:
+        """A client's state at its first visit (before its first local update), e.g. zeros."""
+        return {}
+
+    def transform_gradients(self, grads: Params, view: LocalView) -> Params:
+        """The gradient point: after backward, before clipping and the optimizer step, on every step of
+        the local update of the uploaded model. Vectorized: `grads`, `view.params` and `view.state` carry a
+        leading client axis and `view.received`/`view.extras` do not, so elementwise code serves both."""
+        return grads
+
+    def client_upload(self, view: LocalView) -> Params:
+        """After the local update: this plug-in's `up` tensors for this client (and its state updated)."""
+        return {}
+
+    # -- server side ---------------------------------------------------------------------------------
+    def client_weight(self, upload: Upload) -> float:
+        """For the plug-in with the "weighting" role: a client's aggregation weight (a positive float)."""
+        raise NotImplementedError
+
+    def aggregate(self, uploads: list[Upload], facts: RoundFacts) -> Params:
+        """For the plug-in with the "aggregator" role: the round's aggregate from every upload (weights in
+        `facts.weights`); the default, without one, is the streaming weighted mean."""
+        raise NotImplementedError
+
+    def receive(self, facts: RoundFacts) -> None:
+        """After the aggregation: read this plug-in's reduced uploads (`facts.extras(self.name)`)."""
+
+    def transform_aggregate(self, old: Params, aggregate: Params, facts: RoundFacts) -> Params:
         return aggregate
 
-    def server_update(self, old: Params, aggregate: Params) -> Params:
+    def server_update(self, old: Params, aggregate: Params, facts: RoundFacts) -> Params:
         raise NotImplementedError
 
     def server_state(self) -> dict[str, Any]:
@@ -126,3 +180,12 @@ class Plugin:
     def state(self, ctx: Context) -> dict[str, torch.Tensor]:
         """This plug-in's kept state for the client being visited (empty on its first visit)."""
         return ctx.client_states[self.name]
+
+    def received(self, ctx: Context) -> Params:
+        """This plug-in's `down` tensors as the client being visited received them."""
+        return ctx.received_extras.get(self.name, {})
+
+
+def overrides(plugin: Plugin, method: str) -> bool:
+    """Does the plug-in define `method` itself (rather than inherit the base class's no-op)?"""
+    return getattr(type(plugin), method) is not getattr(Plugin, method)

@@ -22,6 +22,7 @@ from fedplug.backends.sequential import SequentialBackend
 from fedplug.config import ConfigNode
 from fedplug.data import build_data
 from fedplug.data.federated import FederatedData, SplitData
+from fedplug.core.messages import flatten_extras, payload_layout, split_payload
 from fedplug.distributed import protocol
 from fedplug.distributed.protocol import PROTOCOL_VERSION, SERVICE, TOKEN_HEADER, Kind, pb
 from fedplug.distributed.security import client_channel, token
@@ -72,7 +73,10 @@ class ClientProcess:
                 raise UserError(f"--client-id {bad[0]}: the {self.data.name} data have clients 0..{self.num_clients - 1}")
         check_fits(cfg, self.data)
         self.backend = SequentialBackend(cfg, build_model(cfg, self.data.input_shape, self.plan), self.plan, self.data)
-        self.layout = protocol.layout(self.backend.shared_parameters())
+        shared = self.backend.shared_parameters()
+        self.layout = protocol.layout(shared)  # EVALUATE: the global parameters
+        messages = self.plan.messages(shared)  # TRAIN: also the plug-ins' `down` tensors
+        self.train_layout = payload_layout(self.layout, {p: m.down for p, m in messages.items()})
         self.lock = threading.Lock()  # one model object: one client's work at a time
         self.state_dir = Path(d.state_dir) if d.state_dir else None
         self.channel = client_channel(cfg)
@@ -158,17 +162,16 @@ class ClientProcess:
         with self.lock:
             if task.kind == Kind.Value("CHECKPOINT"):
                 self._save_state(client, task.round)
+            elif task.kind == Kind.Value("TRAIN"):
+                failpoint(f"client{client}_train", task.round)
+                global_params, extras = split_payload(protocol.decode_tensors(task.tensors, self.train_layout))
+                update = self.backend.train_client(client, task.round, global_params, extras)
+                result.tensors = protocol.encode_tensors({**update["params"], **flatten_extras(update["extras"])})
+                result.metrics.update(protocol.train_metrics(update))
             else:
                 global_params = protocol.decode_tensors(task.tensors, self.layout)
-                if task.kind == Kind.Value("TRAIN"):
-                    failpoint(f"client{client}_train", task.round)
-                    update = self.backend.train_client(client, task.round, global_params)
-                    result.tensors = protocol.encode_tensors(update["params"])
-                    result.metrics.update(protocol.train_metrics(update))
-                else:
-                    for split in EVAL_SPLITS:
-                        result.metrics.update(protocol.eval_metrics(split, self._evaluate(client, global_params,
-                                                                                          split)))
+                for split in EVAL_SPLITS:
+                    result.metrics.update(protocol.eval_metrics(split, self._evaluate(client, global_params, split)))
 
     def _evaluate(self, client: int, global_params: dict[str, torch.Tensor], split: str) -> dict[str, Any]:
         """As SequentialBackend.evaluate does for this one client."""

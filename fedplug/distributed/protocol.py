@@ -15,11 +15,11 @@ import torch
 from fedplug.core.params import Params
 from fedplug.distributed import fedplug_pb2 as pb
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: plug-ins' extra tensors in the payloads, train_steps
 SERVICE = "fedplug.v1.Federation"
 TOKEN_HEADER = "x-fedplug-token"
 MiB = 1024 * 1024
-TRAIN_METRICS = ("train_total", "train_loss")
+TRAIN_METRICS = ("train_total", "train_steps", "train_loss")
 EVAL_METRICS = ("total", "correct", "loss_sum")
 
 
@@ -73,20 +73,20 @@ def layout(tensors: Params) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
 
 
 def check_metrics(metrics: Any, names: tuple[str, ...]) -> dict[str, float]:
-    """Exactly `names`, all finite; counts (`*_total`, `*_correct`) non-negative whole numbers."""
+    """Exactly `names`, all finite; counts (`*_total`, `*_correct`, `*_steps`) non-negative whole numbers."""
     values = dict(metrics)
     if set(values) != set(names):
         raise Refused("INVALID_ARGUMENT", f"metrics {sorted(values)} where {sorted(names)} were expected")
     for name, value in values.items():
         if not math.isfinite(value):
             raise Refused("INVALID_ARGUMENT", f"metric '{name}' is {value}")
-        if name.endswith(("_total", "_correct")) and (value < 0 or value != int(value)):
+        if name.endswith(("_total", "_correct", "_steps")) and (value < 0 or value != int(value)):
             raise Refused("INVALID_ARGUMENT", f"metric '{name}' is {value}, not a count")
     return values
 
 
 def train_metrics(result: dict[str, Any]) -> dict[str, float]:
-    return {"train_total": float(result["train_total"]), "train_loss": float(result["train_loss"])}
+    return {name: float(result[name]) for name in TRAIN_METRICS}
 
 
 def eval_metrics(split: str, result: dict[str, Any]) -> dict[str, float]:

@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 
 from fedplug.config import ConfigNode
+from fedplug.core.messages import Upload, flatten_extras, payload_layout, split_payload
 from fedplug.core.params import Params
 from fedplug.distributed.protocol import (EVAL_METRICS, TRAIN_METRICS, Kind, Refused, check_metrics, decode_tensors,
                                           encode_tensors, layout)
@@ -31,22 +32,9 @@ from fedplug.run.outputs import make_run_dir, setup_logging
 from fedplug.run.plan import build_plan
 from fedplug.run.rounds import RoundKeeper
 from fedplug.run.simulation import finish_run, torch_threads
-from fedplug.server.aggregation import WeightedMean
 
 logger = logging.getLogger("fedplug")
 FINISH_GRACE_SECONDS = 5.0  # how long the server stays up for clients to hear that the run is over
-
-
-class OrderedFold:
-    """The round's weighted mean, fed in client order (the simulation's order, hence its exact sums)."""
-
-    def __init__(self, global_params: Params) -> None:
-        self.mean, self.train_loss_sum = WeightedMean(global_params), 0.0
-
-    def __call__(self, client: int, result: tuple[Params, int, float]) -> None:
-        params, weight, loss = result
-        self.mean.add(params, weight)
-        self.train_loss_sum += loss * weight
 
 
 def serve(cfg: ConfigNode, run_dir: Path | None = None, resume: bool = False) -> dict[str, Any]:
@@ -69,13 +57,14 @@ class Coordinator:
         self.data_shape: tuple[tuple[int, ...], int] | None = None  # (input shape, classes), from the first join
         self.mailbox = Mailbox()
         self.global_layout: dict[str, Any] = {}
+        self.upload_layout: dict[str, Any] = {}  # parameters and the plug-ins' `up` tensors
         self.current_round = 0
 
     # -- joining ---------------------------------------------------------------------------------
     def check_join(self, request: Any) -> int:
         if request.fingerprint != self.fingerprint:
             raise Refused("FAILED_PRECONDITION", f"plan fingerprint {request.fingerprint[:16]!r} is not the server's "
-                                                 f"{self.fingerprint!r}: another plan, config or fedplug version")
+                                                 f"{self.fingerprint!r}: another plan, config, plug-in code or fedplug version")
         shape = (tuple(request.input_shape), request.num_classes)
         with self.mailbox.cond:
             if self.num_clients == 0 and request.num_clients > 0:
@@ -113,12 +102,15 @@ class Coordinator:
         return {n: params[n].detach().clone() for n in names if n not in local}
 
     # -- checking results ------------------------------------------------------------------------
-    def check_train(self, client: int, result: Any) -> tuple[Params, int, float]:
+    def check_train(self, client: int, result: Any) -> Upload:
         metrics = check_metrics(result.metrics, TRAIN_METRICS)
-        if metrics["train_total"] <= 0:
-            raise Refused("INVALID_ARGUMENT", f"client {client} reports {metrics['train_total']} samples")
-        params = decode_tensors(result.tensors, self.global_layout)
-        return params, int(metrics["train_total"]), metrics["train_loss"]
+        if metrics["train_total"] <= 0 or metrics["train_steps"] <= 0:
+            raise Refused("INVALID_ARGUMENT", f"client {client} reports {metrics['train_total']} samples in "
+                                              f"{metrics['train_steps']} steps")
+        params, extras = split_payload(decode_tensors(result.tensors, self.upload_layout))
+        metrics = {"train_total": int(metrics["train_total"]), "train_steps": int(metrics["train_steps"]),
+                   "train_loss": metrics["train_loss"]}
+        return Upload(client, params, metrics, extras)
 
     def check_eval(self, client: int, result: Any) -> dict[str, dict[str, float]]:
         names = tuple(f"{split}_{name}" for split in EVAL_SPLITS for name in EVAL_METRICS)
@@ -155,29 +147,33 @@ class Coordinator:
         self.wait_for_clients()
         keeper = RoundKeeper(self.cfg, self.plan, self.run_dir, self.num_clients, self.initial_global())
         self.global_layout = layout(keeper.global_params)
+        self.upload_layout = payload_layout(self.global_layout, {p: m.up_specs() for p, m in keeper.messages.items()})
         keeper.save_client_state = self._checkpoint_clients
         keeper.open(self.resume)
         logger.info("%s, distributed: %d clients, %d per round, %d rounds", self.plan.label, self.num_clients,
                     keeper.per_round, self.cfg.federate.total_round_num)
         for round_num in keeper.rounds():
             sampled = keeper.sample(round_num)
-            global_params, self.current_round = keeper.global_params, round_num
-            fold = OrderedFold(global_params)
-            results = self._exchange(Kind.Value("TRAIN"), round_num, sampled, global_params, self.check_train, fold)
+            self.current_round = round_num
+            aggregation, extras = keeper.begin_round(round_num, sampled)
+            # Folded in client order as they arrive: the simulation's order, hence its exact sums.
+            results = self._exchange(Kind.Value("TRAIN"), round_num, sampled,
+                                     {**keeper.global_params, **flatten_extras(extras)}, self.check_train,
+                                     lambda client, upload: aggregation.add(upload))
             if len(results) < self.cfg.federate.min_received_num:
                 logger.warning("round %d: %d result(s), fewer than federate.min_received_num %d; round skipped",
                                round_num, len(results), self.cfg.federate.min_received_num)
-                fold = OrderedFold(global_params)  # nothing of this round counts
-            if keeper.end_round(round_num, fold.mean, fold.train_loss_sum, self._evaluate):
+                aggregation = keeper.new_aggregation(round_num, sampled)  # nothing of this round counts
+            if keeper.end_round(round_num, aggregation, self._evaluate):
                 break
         keeper.close()
         return finish_run(self.cfg, self.plan.label, self.run_dir, keeper.records, keeper.stopper, keeper.rounds_run,
                           time.perf_counter() - self.started)
 
-    def _exchange(self, kind: int, round_num: int, clients: list[int], global_params: Params | None,
+    def _exchange(self, kind: int, round_num: int, clients: list[int], tensors: Params | None,
                   check: Any, consume: Any = None) -> dict[int, Any]:
         """Publish one task to `clients`, collect their checked results until the round's deadline."""
-        blob = encode_tensors(global_params) if global_params is not None else b""
+        blob = encode_tensors(tensors) if tensors is not None else b""
         self.mailbox.publish(kind, round_num, clients, blob, check)
         results = self.mailbox.collect(time.monotonic() + self.cfg.distribute.round_timeout, consume)
         missing = sorted(set(clients) - set(results))

@@ -1,4 +1,4 @@
-"""What makes two runs the same run: the config keys that shape the numbers, and the plan.
+"""What makes two runs the same run: the config keys that shape the numbers, the plan and its code.
 
 A resumed run must be given the config its checkpoint was written under, and a distributed client
 must run the server's plan: both are checked here. Keys that only say where things go or how they
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
+from pathlib import Path
 from typing import Any
 
 import fedplug
@@ -42,11 +44,21 @@ def result_config(cfg: ConfigNode | dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
+def plugin_code(plan: Plan) -> dict[str, str]:
+    """Each active plug-in's source file, hashed: a client running another version of one is another plan."""
+    hashes = {}
+    for plugin in plan.plugins:
+        module = sys.modules[type(plugin).__module__]
+        path = getattr(module, "__file__", None)
+        hashes[plugin.name] = hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else type(plugin).__qualname__
+    return hashes
+
+
 def fingerprint(cfg: ConfigNode, plan: Plan) -> str:
-    """A short hash of fedplug's version, the plan's layout and the result-shaping config."""
+    """A short hash of fedplug's version, the plan's layout, the plug-ins' code and the result-shaping config."""
     from fedplug.run.plan import describe_plan
 
-    text = json.dumps({"version": fedplug.__version__, "plan": describe_plan(plan),
+    text = json.dumps({"version": fedplug.__version__, "plan": describe_plan(plan), "code": plugin_code(plan),
                        "config": result_config(cfg)}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

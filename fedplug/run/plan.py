@@ -1,13 +1,15 @@
 """The plan of a run, built once at start-up and printed by `fedplug plan`."""
 from __future__ import annotations
 
+import torch
+
 from fedplug.algorithms.registry import active_algorithms
 from fedplug.config import ConfigNode
 from fedplug.core.compose import Plan, compose
 
 
 def build_plan(cfg: ConfigNode) -> Plan:
-    return compose(active_algorithms(cfg))
+    return compose(active_algorithms(cfg), cfg.aggregator.weighting)
 
 
 def describe_plan(plan: Plan, cfg: ConfigNode | None = None) -> str:
@@ -25,10 +27,42 @@ def describe_plan(plan: Plan, cfg: ConfigNode | None = None) -> str:
         for trigger, hooks in table:
             names = ", ".join(f"{h.name} [{h.owner}]" for h in hooks) or "-"
             lines.append(f"  {trigger:<18} {names}")
-    lines.append("server:")
-    lines.append("  aggregate          weighted mean of uploaded parameters, weight = samples processed [core]")
-    for plugin in plan.plugins:
-        lines += [f"  {line} [{plugin.name}]" for line in plugin.describe_server()]
-    if plan.server_updater is None:
-        lines.append("  update             global <- aggregate [core]")
+    gradient = plan.with_method("transform_gradients")
+    if gradient:
+        lines.append("client gradient point (after backward, before clipping and the optimizer step):")
+        lines += [f"  transform_gradients [{p.name}]" for p in gradient]
+    lines += _travel_lines(plan)
+    lines.append("server (in this order):")
+    lines += [f"  {text} [{owner}]" for text, owner in _server_lines(plan)]
     return "\n".join(lines)
+
+
+STAGES = ("weights", "aggregate", "receive", "transform", "update")  # the order Plan runs them in
+
+
+def _server_lines(plan: Plan) -> list[tuple[str, str]]:
+    """(line, owner) for each step of the server pipeline, in the order it runs."""
+    entries = [(text, p.name) for p in plan.plugins for text in p.describe_server()]
+    if not any(text.startswith("weights") for text, _ in entries):
+        entries.insert(0, (f"{'weights':<19}{plan.describe_weighting()}", plan.weigher.name if plan.weigher else "core"))
+    if plan.aggregator is None:
+        entries.append((f"{'aggregate':<19}streaming weighted mean of uploaded parameters", "core"))
+    if plan.server_updater is None:
+        entries.append((f"{'update':<19}global <- aggregate", "core"))
+
+    def stage(entry: tuple[str, str]) -> int:
+        word = entry[0].split()[0]
+        return STAGES.index(word) if word in STAGES else len(STAGES)  # notes (local, components) last
+
+    return sorted(entries, key=stage)
+
+
+def _travel_lines(plan: Plan) -> list[str]:
+    """What each plug-in adds to the broadcast and the upload (`<parameter>`: one tensor per shared parameter)."""
+    lines = []
+    for name, messages in plan.messages({"<parameter>": torch.zeros(())}).items():
+        if messages.down:
+            lines.append(f"  down {name}/: {', '.join(messages.down)}")
+        if messages.up:
+            lines.append(f"  up   {name}/: {', '.join(f'{n} ({u.reduction})' for n, u in messages.up.items())}")
+    return ["travels besides the model:", *lines] if lines else []

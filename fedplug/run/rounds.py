@@ -1,8 +1,9 @@
 """The server's side of the rounds, shared by the simulation and the distributed server.
 
 Both run the same code for everything but the clients' work: sampling (from the round's own
-generator), the plan's global update from the weighted mean, evaluation pooling, early stopping,
-metrics and checkpoints. So a distributed run and a standalone run of one config agree bit for
+generator), the round's facts and the plug-ins' broadcast, the folding of uploads
+(server/round.py), the plan's global update, evaluation pooling, early stopping, metrics and
+checkpoints. So a distributed run and a standalone run of one config agree bit for
 bit, and a run resumed from a checkpoint continues exactly where the checkpoint was taken.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any, Callable
 
 from fedplug.config import ConfigNode
 from fedplug.core.compose import Plan
+from fedplug.core.messages import RoundFacts
 from fedplug.core.params import Params
 from fedplug.errors import UserError
 from fedplug.run import checkpoint
@@ -23,7 +25,7 @@ from fedplug.run.failpoint import failpoint
 from fedplug.run.fingerprint import check_same_run
 from fedplug.run.outputs import MetricsLog
 from fedplug.seeding import CLIENT_SAMPLING, generator
-from fedplug.server.aggregation import WeightedMean
+from fedplug.server.round import RoundAggregation
 from fedplug.server.sampling import clients_per_round, sample_clients
 
 logger = logging.getLogger("fedplug")
@@ -38,6 +40,7 @@ class RoundKeeper:
         self.num_clients = num_clients
         self.per_round = clients_per_round(cfg, num_clients)
         self.global_params = global_params
+        self.messages = plan.messages(global_params)  # what travels besides the model, by plug-in
         self.stopper = EarlyStopper(cfg.early_stop.patience, cfg.early_stop.delta)
         self.rounds_run = 0
         self.records: list[dict[str, Any]] = []
@@ -62,18 +65,27 @@ class RoundKeeper:
     def sample(self, round_num: int) -> list[int]:
         return sample_clients(self.num_clients, self.per_round, generator(self.cfg.seed, CLIENT_SAMPLING, round_num))
 
-    def end_round(self, round_num: int, mean: WeightedMean, train_loss_sum: float, evaluate: Evaluate) -> bool:
+    def begin_round(self, round_num: int, sampled: list[int]) -> tuple[RoundAggregation, dict[str, Params]]:
+        """The round's fold of uploads (with its facts) and what the plug-ins broadcast with the model."""
+        aggregation = self.new_aggregation(round_num, sampled)
+        return aggregation, self.plan.broadcast(aggregation.facts, self.messages)
+
+    def new_aggregation(self, round_num: int, sampled: list[int]) -> RoundAggregation:
+        facts = RoundFacts(round_num, self.num_clients, tuple(sampled), self.global_params)
+        return RoundAggregation(self.plan, facts, self.messages)
+
+    def end_round(self, round_num: int, aggregation: RoundAggregation, evaluate: Evaluate) -> bool:
         """Global update, evaluation when due, early stopping, checkpoint when due; True: stop now."""
         failpoint("round_end", round_num)
-        if mean.total_weight > 0:
-            self.global_params = self.plan.update_global(self.global_params, mean.result())
+        if not aggregation.empty:
+            aggregate = aggregation.aggregate()
+            self.global_params = self.plan.update_global(self.global_params, aggregate, aggregation.facts)
         else:
             logger.warning("round %d: no client result; the global model stays", round_num)
         self.rounds_run = round_num
         stop = False
         if round_num % self.cfg.eval.freq == 0 or round_num == self.cfg.federate.total_round_num:
-            train_loss = train_loss_sum / mean.total_weight if mean.total_weight > 0 else float("nan")
-            record = {"round": round_num, "train_loss": train_loss, **pool(evaluate(self.global_params))}
+            record = {"round": round_num, "train_loss": aggregation.train_loss, **pool(evaluate(self.global_params))}
             self.metrics.write(record)
             stop = self.stopper.update(round_num, record["val_loss"], record)
             logger.info("round %d: val_loss %.4f, val_acc %.4f, test_acc %.4f", round_num, record["val_loss"],

@@ -1,8 +1,8 @@
 """Standalone simulation: the server and every client in one process, one model object in all.
 
-Round r: sample clients (from the round's own generator), give each the global parameters, run
-its local update (with its own generator for round r), fold its parameters into the weighted
-mean, replace the global model by the mean. Every `eval.freq` rounds and after the last, every
+Round r: sample clients (from the round's own generator), give each the global parameters (and
+the plug-ins' broadcast tensors), run its local update (with its own generator for round r), fold
+its upload into the round's aggregation, move the global model by the plan's server pipeline. Every `eval.freq` rounds and after the last, every
 client evaluates on val and test; early stopping watches the weighted val loss. Everything the
 server does around the clients' work is run/rounds.py (shared with the distributed server),
 including the checkpoint every `checkpoint.every` rounds that `resume` continues from.
@@ -27,7 +27,6 @@ from fedplug.run.evaluation import EVAL_SPLITS
 from fedplug.run.outputs import make_run_dir, plot_learning_curve, progress, setup_logging
 from fedplug.run.plan import build_plan
 from fedplug.run.rounds import RoundKeeper, client_state_tree, split_client_state_tree
-from fedplug.server.aggregation import WeightedMean
 from fedplug.server.sampling import clients_per_round
 
 logger = logging.getLogger("fedplug")
@@ -86,13 +85,11 @@ def _run(cfg: ConfigNode, run_dir: Path | None, resume: bool) -> dict[str, Any]:
     with redirect:
         for round_num in keeper.rounds():
             sampled = keeper.sample(round_num)
-            global_params = keeper.global_params
-            mean, train_loss_sum = WeightedMean(global_params), 0.0
-            for params, weight, loss in backend.train_cohort(sampled, round_num, global_params):
-                mean.add(params, weight)  # read at once: the parameters may be views the backend reuses
-                train_loss_sum += loss * weight
+            aggregation, extras = keeper.begin_round(round_num, sampled)
+            for upload in backend.train_cohort(sampled, round_num, keeper.global_params, extras):
+                aggregation.add(upload)  # read at once: the tensors may be views the backend reuses
             # Aggregation, evaluation, early stopping and checkpoints: shared with the distributed server.
-            stop = keeper.end_round(round_num, mean, train_loss_sum,
+            stop = keeper.end_round(round_num, aggregation,
                                     lambda g: {split: backend.evaluate(g, split) for split in EVAL_SPLITS})
             if bar is not None:
                 bar.update(1)

@@ -1,0 +1,64 @@
+"""One round on the server: the uploads folded in as they arrive, then the plan's global update.
+
+Shared by the simulation and the distributed server, so both fold the same uploads in the same
+order into the same sums. Per upload: its weight (the plan's weighting), the aggregate (the
+streaming weighted mean, or every upload kept for an aggregator plug-in), each declared extra
+tensor's reduction, and the train loss (always weighted by samples processed: it is a figure of
+the data, not of the aggregation).
+"""
+from __future__ import annotations
+
+from fedplug.core.compose import Plan
+from fedplug.core.messages import Messages, RoundFacts, Upload
+from fedplug.core.params import Params
+from fedplug.errors import UserError
+from fedplug.server.aggregation import Reduction, WeightedMean
+
+
+class RoundAggregation:
+    def __init__(self, plan: Plan, facts: RoundFacts, messages: dict[str, Messages]) -> None:
+        self.plan, self.facts = plan, facts
+        self.mean = WeightedMean(facts.previous_global) if plan.aggregator is None else None
+        self.kept: list[Upload] = []  # only for an aggregator plug-in: it needs every upload
+        self.reductions = {plugin: {name: Reduction(up.reduction) for name, up in m.up.items()}
+                           for plugin, m in messages.items() if m.up}
+        self.train_loss_sum = 0.0
+        self.samples = 0.0
+
+    def add(self, upload: Upload) -> None:
+        """Fold in one client's upload; its tensors may be views the backend reuses: read them now."""
+        for plugin, reductions in self.reductions.items():
+            sent = upload.extras.get(plugin, {})
+            if set(sent) != set(reductions):
+                raise UserError(f"{plugin}'s upload of client {upload.client} holds {sorted(sent)[:3]}, but its "
+                                f"messages() declares {sorted(reductions)[:3]} going up")
+        weight = self.plan.weight(upload)
+        self.facts.received.append(upload.client)
+        self.facts.weights[upload.client] = weight
+        if self.mean is not None:
+            self.mean.add(upload.params, weight)
+        else:
+            self.kept.append(Upload(upload.client, {n: t.detach().clone() for n, t in upload.params.items()},
+                                    dict(upload.metrics),
+                                    {p: {n: t.clone() for n, t in e.items()} for p, e in upload.extras.items()}))
+        for plugin, reductions in self.reductions.items():
+            for name, reduction in reductions.items():
+                reduction.add(upload.extras[plugin][name], weight)
+        self.train_loss_sum += upload.metrics["train_loss"] * upload.samples
+        self.samples += upload.samples
+
+    @property
+    def empty(self) -> bool:
+        return not self.facts.received
+
+    @property
+    def train_loss(self) -> float:
+        return self.train_loss_sum / self.samples if self.samples > 0 else float("nan")
+
+    def aggregate(self) -> Params:
+        """The round's aggregate; also fills `facts.reduced` with the extras' reductions."""
+        self.facts.reduced = {plugin: {name: r.result() for name, r in reductions.items()}
+                              for plugin, reductions in self.reductions.items()}
+        if self.mean is not None:
+            return self.mean.result()
+        return self.plan.aggregator.aggregate(self.kept, self.facts)
