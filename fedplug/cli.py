@@ -14,16 +14,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
 from fedplug.errors import UserError
 
 EXIT_USER_ERROR = 2
+NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 
 def _parser(prog: str, description: str, section: bool = False) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description)
+    # argparse takes a word for a value, not an option, only when it looks like a negative number by
+    # its own pattern, which lacks exponents: `grad.grad_clip -2.5e-3` would be an unknown option.
+    parser._negative_number_matcher = NEGATIVE_NUMBER
     if section:
         parser.add_argument("section", nargs="?", help="only this section, e.g. train or train.optimizer")
     parser.add_argument("--cfg", help="YAML config file")

@@ -1,4 +1,5 @@
-"""Shared fixtures: a small Synthetic federation that trains in about a second."""
+"""Shared fixtures: a small Synthetic federation that trains in about a second; users' plug-ins registered for
+one test (the contract tests)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +7,12 @@ from typing import Any
 
 import pytest
 
-from fedplug.config import ConfigNode, load_config
+from contract_helpers import REC
+from fedplug.algorithms import registry
+from fedplug.algorithms.registry import register_algorithm
+from fedplug.config import ConfigNode, Key, Section, load_config, register_section
+from fedplug.config.schema import ROOT
+from fedplug.core.plugin import Plugin
 
 SMALL = {
     "data.synthetic.num_clients": 12,
@@ -39,3 +45,28 @@ def small_cfg(tmp_path: Path, data_root: Path):
         return load_config(None, values)
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def _clear_records():
+    """The contract tests' plug-ins record what they see in REC: start every test with it empty."""
+    REC.clear()
+    yield
+    REC.clear()
+
+
+@pytest.fixture
+def register():
+    """register(Cls, ...): a user plug-in with a `<name>.use` section, for this test only."""
+    added: list[str] = []
+
+    def add(*classes: type[Plugin]) -> None:
+        for cls in classes:
+            register_section(cls.name, Section(f"test plug-in {cls.name}", {"use": Key(False, "switch on")}))
+            added.append(cls.name)
+            register_algorithm(cls)
+
+    yield add
+    for name in added:
+        ROOT.entries.pop(name, None)
+        registry._registered.pop(name, None)

@@ -107,7 +107,7 @@ def test_bad_peers_are_refused_with_a_log_line_and_the_server_goes_on(tmp_path: 
     def result(client: int, tensors: dict, session: str | None = None, round_num: int = 1) -> pb.Result:
         out = pb.Result(session=session or sessions[client], client_id=client, task_id=task.task_id + client,
                         round=round_num, kind=Kind.Value("TRAIN"), tensors=encode_tensors(tensors))
-        out.metrics.update({"train_total": 10.0, "train_loss": 0.5})
+        out.metrics.update({"train_total": 10.0, "train_steps": 5.0, "train_loss": 0.5})
         return out
 
     nan = {n: torch.full_like(t, float("nan")) for n, t in params.items()}

@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import time
 
-import torch
 
 from fedplug.backends import build_backend
 from fedplug.config import ConfigNode
+from fedplug.core.messages import RoundFacts
 from fedplug.data.federated import FederatedData
 from fedplug.models import build_model
 from fedplug.run.plan import build_plan
 from fedplug.seeding import CLIENT_SAMPLING, generator
-from fedplug.server.aggregation import WeightedMean
+from fedplug.server.round import RoundAggregation
 from fedplug.server.sampling import clients_per_round, sample_clients
 
 
@@ -24,16 +24,18 @@ def fedplug_rounds(cfg: ConfigNode, data: FederatedData, rounds: int, evaluate: 
     plan = build_plan(cfg)
     backend = build_backend(cfg, build_model(cfg, data.input_shape, plan), plan, data)
     global_params = {n: t.clone() for n, t in backend.shared_parameters().items()}
+    messages = plan.messages(global_params)
     k = clients_per_round(cfg, data.num_clients)
     seconds, samples = [], 0
     for round_num in range(1, rounds + 1):
         started = time.perf_counter()
         sampled = sample_clients(data.num_clients, k, generator(cfg.seed, CLIENT_SAMPLING, round_num))
-        mean = WeightedMean(global_params)
-        for params, weight, _ in backend.train_cohort(sampled, round_num, global_params):
-            mean.add(params, weight)
-            samples += weight
-        global_params = plan.update_global(global_params, mean.result())
+        facts = RoundFacts(round_num, data.num_clients, tuple(sampled), global_params)
+        aggregation = RoundAggregation(plan, facts, messages)
+        for upload in backend.train_cohort(sampled, round_num, global_params, plan.broadcast(facts, messages)):
+            aggregation.add(upload)
+            samples += upload.samples
+        global_params = plan.update_global(global_params, aggregation.aggregate(), facts)
         if evaluate:
             for split in ("val", "test"):
                 backend.evaluate(global_params, split)

@@ -45,6 +45,12 @@ def register_algorithm(cls: type[Plugin]) -> type[Plugin]:
         raise ValueError(f"register the config section '{cls.name}' (with a `use` key) before the algorithm")
     if cls.name in BUILTIN or _registered.get(cls.name, cls) is not cls:
         raise ValueError(f"an algorithm named '{cls.name}' is already registered")
+    method = (cls.method or cls.name).lower()
+    taken = {m.lower(): n for n, (m, _) in BUILTIN.items()}
+    taken.update({(c.method or c.name).lower(): n for n, c in _registered.items() if c is not cls})
+    if method in taken or method == "fedavg":
+        raise ValueError(f"the federate.method name '{cls.method or cls.name}' of '{cls.name}' is already taken"
+                         f"{f' by {taken[method]}' if method in taken else ''}: choose another `method`")
     _registered[cls.name] = cls
     return cls
 

@@ -9,6 +9,7 @@ Per-client state lives in plain dicts of tensors, never in model objects.
 from __future__ import annotations
 
 from functools import partial
+from types import MappingProxyType
 from typing import Any, Iterator
 
 import torch
@@ -136,4 +137,4 @@ class SequentialBackend:
 def _transform(plugin: Plugin, received: Params, extras: Params, state: dict[str, torch.Tensor], lr: float,
                grads: Params, params: Params) -> Params:
     """One plug-in's gradient transform for one client (bound with partial; the Trainer's backward calls it)."""
-    return plugin.transform_gradients(grads, LocalView(params, received, extras, state, lr))
+    return plugin.transform_gradients(grads, LocalView(params, received, extras, MappingProxyType(state), lr))

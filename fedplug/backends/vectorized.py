@@ -15,6 +15,7 @@ the whole client routine run one client at a time through the sequential backend
 from __future__ import annotations
 
 import logging
+from types import MappingProxyType
 from typing import Any, Iterator
 
 import torch
@@ -218,7 +219,8 @@ class VectorizedBackend(SequentialBackend):
 
         def gradient(grads: Params, params: Params, k: int) -> Params:
             for plugin in plugins:
-                state = {n: t[:k] for n, t in stacked[plugin.name].items()}  # the clients still training
+                # the clients still training, read-only: the kept states change at upload only
+                state = MappingProxyType({n: t[:k] for n, t in stacked[plugin.name].items()})
                 grads = plugin.transform_gradients(grads, LocalView(params, cohort.received,
                                                                     extras.get(plugin.name, {}), state, lr))
             return grads

@@ -74,7 +74,8 @@ class Plan:
     def broadcast(self, facts: RoundFacts, messages: dict[str, Messages]) -> dict[str, Params]:
         """The round's `down` tensors of every plug-in, checked against what each declared."""
         out = {}
-        for plugin in self.with_method("broadcast"):
+        senders = [p for p in self.plugins if overrides(p, "broadcast") or (p.name in messages and messages[p.name].down)]
+        for plugin in senders:
             tensors = plugin.broadcast(facts)
             declared = messages[plugin.name].down if plugin.name in messages else {}
             if set(tensors) != set(declared):

@@ -6,7 +6,7 @@ Context variables the routines read: `model`, `cfg`, `criterion`, `x`/`y` (the c
 `batch_size_cfg`, ...). The runner adds `client_id`, `client_states`, `global_params` (what the
 client received), `received_extras` (the plug-ins' broadcast tensors), `trainer`, and for the
 update of the uploaded model `gradient_transforms` (the gradient point's functions, in plan order).
-docs/hooks.md lists every field.
+docs/writing-an-algorithm.md ("Reference: the Context fields") lists every field.
 """
 from __future__ import annotations
 

@@ -54,7 +54,8 @@ class LocalView:
     params: Params  # trainable shared parameters: current (gradient point) or final (upload), detached
     received: Params  # the global parameters the client received
     extras: Params  # this plug-in's `down` tensors as received
-    state: dict[str, torch.Tensor]  # this plug-in's kept state of the client (write into it at upload)
+    state: dict[str, torch.Tensor]  # this plug-in's kept state of the client: a read-only mapping at the
+    # gradient point (stacked in the vectorized backend), the store itself at upload (write into it)
     lr: float  # the client learning rate of the update
     metrics: dict[str, float] = field(default_factory=dict)  # at upload: train_total, train_steps, train_loss
 
@@ -183,7 +184,7 @@ class Plugin:
 
     def received(self, ctx: Context) -> Params:
         """This plug-in's `down` tensors as the client being visited received them."""
-        return ctx.received_extras.get(self.name, {})
+        return (ctx.get("received_extras") or {}).get(self.name, {})
 
 
 def overrides(plugin: Plugin, method: str) -> bool:

@@ -42,9 +42,17 @@ def parse(message_type: type, raw: bytes) -> Any:
 
 
 def encode_tensors(tensors: Params) -> bytes:
+    """Safetensors bytes. Tensors sharing storage (a plug-in's extra that is a parameter, or one tensor
+    under two names) are copied: safetensors refuses shared memory."""
     from safetensors.torch import save
 
-    return save({name: t.detach().contiguous() for name, t in tensors.items()})
+    out, storages = {}, set()
+    for name, t in tensors.items():
+        t = t.detach().contiguous()
+        storage = t.untyped_storage().data_ptr()
+        out[name] = t.clone() if storage in storages else t
+        storages.add(storage)
+    return save(out)
 
 
 def decode_tensors(raw: bytes, expected: dict[str, tuple[torch.dtype, tuple[int, ...]]]) -> Params:

@@ -20,18 +20,15 @@ class RoundAggregation:
         self.plan, self.facts = plan, facts
         self.mean = WeightedMean(facts.previous_global) if plan.aggregator is None else None
         self.kept: list[Upload] = []  # only for an aggregator plug-in: it needs every upload
-        self.reductions = {plugin: {name: Reduction(up.reduction) for name, up in m.up.items()}
-                           for plugin, m in messages.items() if m.up}
+        self.declared = {plugin: m.up for plugin, m in messages.items() if m.up}
+        self.reductions = {plugin: {name: Reduction(up.reduction) for name, up in ups.items()}
+                           for plugin, ups in self.declared.items()}
         self.train_loss_sum = 0.0
         self.samples = 0.0
 
     def add(self, upload: Upload) -> None:
         """Fold in one client's upload; its tensors may be views the backend reuses: read them now."""
-        for plugin, reductions in self.reductions.items():
-            sent = upload.extras.get(plugin, {})
-            if set(sent) != set(reductions):
-                raise UserError(f"{plugin}'s upload of client {upload.client} holds {sorted(sent)[:3]}, but its "
-                                f"messages() declares {sorted(reductions)[:3]} going up")
+        self._check_extras(upload)
         weight = self.plan.weight(upload)
         self.facts.received.append(upload.client)
         self.facts.weights[upload.client] = weight
@@ -46,6 +43,19 @@ class RoundAggregation:
                 reduction.add(upload.extras[plugin][name], weight)
         self.train_loss_sum += upload.metrics["train_loss"] * upload.samples
         self.samples += upload.samples
+
+    def _check_extras(self, upload: Upload) -> None:
+        """As the wire checks them in distributed mode: the declared names, dtypes and shapes."""
+        for plugin, ups in self.declared.items():
+            sent = upload.extras.get(plugin, {})
+            if set(sent) != set(ups):
+                raise UserError(f"{plugin}'s upload of client {upload.client} holds {sorted(sent)[:3]}, but its "
+                                f"messages() declares {sorted(ups)[:3]} going up")
+            for name, tensor in sent.items():
+                spec = ups[name].spec
+                if tensor.dtype != spec.dtype or tuple(tensor.shape) != spec.shape:
+                    raise UserError(f"{plugin}'s upload '{name}' of client {upload.client} is {tensor.dtype} "
+                                    f"{tuple(tensor.shape)}, but its messages() declares {spec.dtype} {spec.shape}")
 
     @property
     def empty(self) -> bool:
