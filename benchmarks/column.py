@@ -131,16 +131,21 @@ def write_table(args: argparse.Namespace, pattern: str, comparable: bool, title:
 
 
 def plot(results: dict, title: str, path: Path) -> None:
+    series = {algo: ([rnd for rnd, _ in r["curve"]], [100 * acc for _, acc in r["curve"]]) for algo, r in results.items()}
+    plot_curves(series, "weighted test accuracy (%)", title, path)
+
+
+def plot_curves(series: dict[str, tuple[list, list]], ylabel: str, title: str, path: Path) -> None:
+    """One line per algorithm: {algorithm: (rounds, values)} against the round, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for algo, r in results.items():
-        rounds, accs = zip(*r["curve"])
-        ax.plot(rounds, [100 * a for a in accs], marker="o", markersize=3, label=algo)
-    ax.set(xlabel="round", ylabel="weighted test accuracy (%)", title=title)
+    for algo, (rounds, values) in series.items():
+        ax.plot(rounds, values, marker="o", markersize=3, label=algo)
+    ax.set(xlabel="round", ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -19,7 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from column import RESULTS, ROOT, run_config
+from column import RESULTS, ROOT, plot_curves, run_config
 
 ALGORITHMS = ("fedavg", "fedprox", "scaffold", "feddyn")
 
@@ -59,24 +59,8 @@ def main() -> None:
         "![weighted val loss per round](drift.png)",
         "",
     ]))
-    plot(curves, args.steps, RESULTS / "drift.png")
-
-
-def plot(curves: dict[str, list[dict]], steps: int, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for algo, records in curves.items():
-        ax.plot([m["round"] for m in records], [m["val_loss"] for m in records], marker="o", markersize=3, label=algo)
-    ax.set(xlabel="round", ylabel="weighted val loss", title=f"Synthetic, {steps} local steps per round")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    series = {algo: ([m["round"] for m in records], [m["val_loss"] for m in records]) for algo, records in curves.items()}
+    plot_curves(series, "weighted val loss", f"Synthetic, {args.steps} local steps per round", RESULTS / "drift.png")
 
 
 if __name__ == "__main__":
