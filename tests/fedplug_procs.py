@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -12,6 +13,13 @@ from typing import IO
 
 ROOT = Path(__file__).resolve().parents[1]
 SILENT_TIMEOUT = 240  # a process silent this long is stuck: fail instead of hanging the suite
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def fedplug_cmd(*args: str) -> list[str]:

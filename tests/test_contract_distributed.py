@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,21 +20,15 @@ import torch
 import yaml
 
 from fedplug.config import dump_config, load_config
-from fedplug.data import build_data
 from fedplug.core.messages import flatten_extras, like, payload_layout, split_payload
+from fedplug.data import build_data
 from fedplug.distributed.protocol import (PROTOCOL_VERSION, SERVICE, TOKEN_HEADER, Kind, decode_tensors,
                                           encode_tensors, layout, pb)
 from fedplug.run.fingerprint import fingerprint
 from fedplug.run.plan import build_plan
-from fedplug_procs import Proc, env, fedplug_cmd
+from fedplug_procs import Proc, env, fedplug_cmd, free_port
 
 TOKEN = "contract-token-for-tests"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def distributed_cfg(small_cfg, **extra):

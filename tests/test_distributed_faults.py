@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 
@@ -21,15 +20,9 @@ from fedplug.data import build_data
 from fedplug.distributed.protocol import PROTOCOL_VERSION, SERVICE, TOKEN_HEADER, Kind, decode_tensors, encode_tensors, pb
 from fedplug.run.fingerprint import fingerprint
 from fedplug.run.plan import build_plan
-from fedplug_procs import Proc, fedplug_cmd
+from fedplug_procs import Proc, fedplug_cmd, free_port
 
 TOKEN = "s3cret-token-for-tests"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def write_config(tmp_path: Path, small_cfg, **extra) -> tuple[Path, object]:
