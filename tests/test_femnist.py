@@ -304,7 +304,25 @@ def test_femnist_data_type_downloads_verifies_and_matches_a_local_folder(server,
 def test_femnist_without_a_url_or_shard_says_what_to_do(tmp_path):
     from fedplug.data import build_data
 
-    with pytest.raises(DataError, match="data.femnist.url is empty.*mnist_standin"):
+    with pytest.raises(DataError, match="data.femnist.url is empty and no prepared FEMNIST.*mnist_standin"):
         build_data(_femnist_cfg(tmp_path, ""))
     with pytest.raises(DataError, match="shard_0.json does not exist"):
         build_data(_femnist_cfg(tmp_path, str(tmp_path)))
+
+
+def test_shards_written_again_in_a_local_folder_are_built_again(tmp_path):
+    """The built-array cache is keyed by each local shard's size and mtime, not only the folder's path."""
+    import os
+
+    from fedplug.data import build_data
+
+    folder = tmp_path / "leaf"
+    folder.mkdir()
+    for i, sizes in enumerate([[10, 5, 7], [4, 9]]):
+        _write(folder / f"shard_{i}.json", _fixture_shard(i, sizes, f"s{i}"))
+    first = build_data(_femnist_cfg(tmp_path, str(folder)))
+    path = _write(folder / "shard_1.json", _fixture_shard(7, [4, 9], "s1"))  # same size class, new pixels
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    second = build_data(_femnist_cfg(tmp_path, str(folder)))
+    assert not torch.equal(first.splits["train"].x, second.splits["train"].x)
+    assert len(list((tmp_path / "cache" / "femnist" / "built").glob("*.npz"))) == 2

@@ -48,13 +48,16 @@ def _femnist(cfg: ConfigNode) -> FederatedData:
     from fedplug.data.femnist import load_femnist, read_checksums
 
     f = cfg.data.femnist
-    if not f.url:
-        raise DataError("data.femnist.url is empty: set it to an http(s) folder or a local folder holding LEAF's "
-                        f"FEMNIST shards ({f.shard_pattern.format(0)}, ...); without them, data.type mnist_standin "
-                        "is a stand-in of real handwriting")
+    prepared = cache_dir(cfg) / "femnist" / "prepared"  # where `fedplug data prepare femnist` writes
+    url = f.url or (str(prepared) if (prepared / f.shard_pattern.format(0)).is_file() else "")
+    if not url:
+        raise DataError("data.femnist.url is empty and no prepared FEMNIST is in the cache: run `fedplug data prepare "
+                        "femnist` (from NIST SD19), or set data.femnist.url to an http(s) folder or a local folder "
+                        f"holding LEAF's shards ({f.shard_pattern.format(0)}, ...); without them, data.type "
+                        "mnist_standin is a stand-in of real handwriting")
     names = [f.shard_pattern.format(i) for i in range(f.num_shards)]
     sums = read_checksums(Path(f.checksums).expanduser()) if f.checksums else None
-    return load_femnist(f.url, names, cache_dir(cfg), fraction=cfg.data.subsample, seed=f.seed, sha256=sums,
+    return load_femnist(url, names, cache_dir(cfg), fraction=cfg.data.subsample, seed=f.seed, sha256=sums,
                         fractions=tuple(cfg.data.splits))
 
 

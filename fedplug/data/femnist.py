@@ -171,11 +171,22 @@ def read_checksums(path: Path) -> dict[str, str]:
     return sums
 
 
+def _local_stamp(base_url: str, shard_names: list[str]) -> dict[str, list[int]]:
+    """Size and modification time of each shard of a local folder: shards written again (a new
+    `fedplug data prepare`) make a new cache entry instead of reusing arrays built from the old ones."""
+    if "://" in base_url:
+        return {}
+    folder = Path(base_url).expanduser()
+    stats = {name: (folder / name).stat() for name in shard_names if (folder / name).is_file()}
+    return {name: [st.st_size, st.st_mtime_ns] for name, st in stats.items()}
+
+
 def _cache_key(base_url: str, shard_names: list[str], fraction: float, seed: int,
                fractions: tuple[float, float, float], sha256: dict[str, str] | None) -> str:
     spec = {"version": CACHE_VERSION, "url": base_url, "shards": list(shard_names), "fraction": float(fraction),
             "seed": int(seed), "fractions": [float(f) for f in fractions], "mean": MEAN, "std": STD,
-            "sha256": {k: v.lower() for k, v in sorted((sha256 or {}).items())}}
+            "sha256": {k: v.lower() for k, v in sorted((sha256 or {}).items())},
+            "local": _local_stamp(base_url, shard_names)}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
