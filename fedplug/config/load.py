@@ -87,10 +87,24 @@ def _flatten(tree: dict[str, Any], section: Section, prefix: str, source: str) -
     return flat
 
 
+def config_file(given: str | Path) -> Path:
+    """The file `given` names: an existing file, else a packaged config of that name
+    (`fedavg_lr_on_synthetic`, `cpu/fedavg_lstm_on_shakespeare.yaml`: fedplug/config/packaged.py)."""
+    path = Path(given)
+    if path.is_file():
+        return path
+    from fedplug.config.packaged import list_configs, normalize, resolve
+
+    found = resolve(given)
+    if found is not None:
+        return found
+    hint = suggest(normalize(str(given)), list_configs())
+    raise ConfigError(f"config file not found: {path} (neither a file nor a packaged config).{hint}"
+                      " `fedplug configs list` names the packaged configs.")
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+    path = config_file(path)
     try:
         tree = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:

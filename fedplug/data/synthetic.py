@@ -22,7 +22,9 @@ import os
 import pathlib
 import shutil
 import tempfile
+import sys
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 
@@ -58,8 +60,8 @@ def _offsets(sizes: list[int]) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
 
 
-def generate_synthetic(params: SyntheticParams) -> dict[str, SplitArrays]:
-    """Generate train/val/test; keys "train", "val", "test"."""
+def generate_synthetic(params: SyntheticParams, progress: Callable[[int], Any] | None = None) -> dict[str, SplitArrays]:
+    """Generate train/val/test; keys "train", "val", "test". `progress(1)` after each client (a bar's update)."""
     p = params
     rng = np.random.RandomState(p.seed)
     raw = rng.lognormal(4, 2, p.num_clients).astype(int)
@@ -104,6 +106,8 @@ def generate_synthetic(params: SyntheticParams) -> dict[str, SplitArrays]:
             # Casting during assignment gives the same bits as x.astype(float32)[idx].
             arrays.x[lo:hi] = x[idx]
             arrays.y[lo:hi] = y[idx]
+        if progress is not None:
+            progress(1)
     return out
 
 
@@ -128,14 +132,31 @@ def _atomic_write(folder: pathlib.Path, name: str, write) -> None:
         raise
 
 
-def _save(folder: pathlib.Path, params: SyntheticParams, data: dict[str, SplitArrays]) -> None:
+class _Counting:
+    """A file that reports what is written to it (numpy then writes an array in pieces, not at once)."""
+
+    def __init__(self, file, progress: Callable[[int], Any]) -> None:
+        self.file, self.progress = file, progress
+
+    def write(self, data) -> int:
+        written = self.file.write(data)
+        self.progress(len(data))
+        return written
+
+
+def _save(folder: pathlib.Path, params: SyntheticParams, data: dict[str, SplitArrays],
+          progress: Callable[[int], Any] | None = None) -> None:
+    """The arrays as .npy files, then meta.json; `progress(n)` after each n bytes written."""
     folder.mkdir(parents=True, exist_ok=True)
     file_sizes = {}
     for split in SPLITS:
         for field in _ARRAYS:
             name = f"{split}_{field}.npy"
             arr = getattr(data[split], field)
-            _atomic_write(folder, name, lambda f, a=arr: np.save(f, a, allow_pickle=False))
+            if progress is None:
+                _atomic_write(folder, name, lambda f, a=arr: np.save(f, a, allow_pickle=False))
+            else:  # the same bytes, written by numpy in 16 MiB pieces that move the bar
+                _atomic_write(folder, name, lambda f, a=arr: np.save(_Counting(f, progress), a, allow_pickle=False))
             file_sizes[name] = (folder / name).stat().st_size
     meta = {"version": GENERATOR_VERSION, "params": dataclasses.asdict(params), "file_sizes": file_sizes}
     # meta.json goes last: its presence marks the folder as complete.
@@ -181,6 +202,40 @@ def load_or_generate(params: SyntheticParams, cache_dir: pathlib.Path) -> dict[s
     except ValueError as exc:
         logger.warning("corrupt synthetic cache file %s; regenerating", exc)
         shutil.rmtree(folder, ignore_errors=True)
-    data = generate_synthetic(params)
-    _save(folder, params, data)
+    size = expected_bytes(params)
+    logger.info("Synthetic data: generating %d clients once and caching them in %s (%s; data.root or "
+                "$FEDPLUG_CACHE moves it); later runs load them", params.num_clients, folder, human_bytes(size))
+    bar = _bar(params.num_clients, "generating Synthetic", "client")
+    data = generate_synthetic(params) if bar is None else generate_synthetic(params, progress=bar.update)
+    if bar is not None:
+        bar.close()
+    bar = _bar(sum(getattr(a, f).nbytes for a in data.values() for f in _ARRAYS), "caching Synthetic", "B")
+    _save(folder, params, data, progress=None if bar is None else bar.update)
+    if bar is not None:
+        bar.close()
     return data
+
+
+def expected_bytes(params: SyntheticParams) -> int:
+    """The arrays' size in bytes (the cache is this plus the .npy headers), before generating them."""
+    # The train sizes are the stream's first draw: a fresh stream of the same seed gives them.
+    raw = np.random.RandomState(params.seed).lognormal(4, 2, params.num_clients).astype(int)
+    rows = sum(min(int(s) + 50, 1000) for s in raw) + params.num_clients * (params.val_size + params.test_size)
+    return rows * (params.dim * 4 + 8) + len(SPLITS) * (params.num_clients + 1) * 8
+
+
+def human_bytes(size: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.{2 if unit == 'GB' else 1}f} {unit}"
+    return f"{size} B"
+
+
+def _bar(total: int, desc: str, unit: str):
+    """A progress bar on a terminal (stderr), None elsewhere."""
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    scale = dict(unit_scale=True, unit_divisor=1000) if unit == "B" else {}
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False, **scale)

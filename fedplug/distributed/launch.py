@@ -65,7 +65,9 @@ def _stop(procs: list[subprocess.Popen]) -> None:
 def launch(cfg: ConfigNode, cfg_file: str | None, overrides: list[str], resume: Path | None) -> int:
     from fedplug.run.outputs import make_run_dir
     from fedplug.run.plan import build_plan
+    from fedplug.run.tracking import check_tracking
 
+    check_tracking(cfg)  # before any process starts
     d = cfg.distribute
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if not d.token and not env.get(d.token_env):

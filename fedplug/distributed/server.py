@@ -32,6 +32,7 @@ from fedplug.run.outputs import make_run_dir, setup_logging
 from fedplug.run.plan import build_plan
 from fedplug.run.rounds import RoundKeeper
 from fedplug.run.simulation import finish_run, torch_threads
+from fedplug.run.tracking import check_tracking
 
 logger = logging.getLogger("fedplug")
 FINISH_GRACE_SECONDS = 5.0  # how long the server stays up for clients to hear that the run is over
@@ -48,6 +49,7 @@ class Coordinator:
         self.started = time.perf_counter()
         self.cfg, self.resume = cfg, resume
         self.plan = build_plan(cfg)
+        check_tracking(cfg)  # a tracker switched on without its package: refused before any work
         self.fingerprint = fingerprint(cfg, self.plan)
         self.token = token(cfg)
         self.run_dir = run_dir or make_run_dir(cfg, self.plan.label)
@@ -168,7 +170,7 @@ class Coordinator:
                 break
         keeper.close()
         return finish_run(self.cfg, self.plan.label, self.run_dir, keeper.records, keeper.stopper, keeper.rounds_run,
-                          time.perf_counter() - self.started)
+                          time.perf_counter() - self.started, keeper.tracking)
 
     def _exchange(self, kind: int, round_num: int, clients: list[int], tensors: Params | None,
                   check: Any, consume: Any = None) -> dict[int, Any]:
@@ -187,7 +189,7 @@ class Coordinator:
                                  self.check_eval)
         if not results:
             raise UserError("no client answered the evaluation before distribute.round_timeout")
-        return {split: [results[c][split] for c in sorted(results)] for split in EVAL_SPLITS}
+        return {split: [{**results[c][split], "client": c} for c in sorted(results)] for split in EVAL_SPLITS}
 
     def _checkpoint_clients(self, round_num: int) -> dict[str, Any]:
         """Clients keep their own state: each writes its checkpoint of this round before the server does."""

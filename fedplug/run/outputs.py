@@ -1,12 +1,15 @@
-"""What a run leaves behind: its folder, config, metrics, log, summary and learning curve."""
+"""What a run leaves behind: its folder, config, metrics, log, summary, learning curve and client accuracies."""
 from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from fedplug.config import ConfigNode, dump_config
 
@@ -57,35 +60,101 @@ class MetricsLog:
         self._file.close()
 
 
-def plot_learning_curve(records: list[dict[str, Any]], path: Path, title: str, best_round: int | None) -> None:
-    """Accuracy and loss (weighted over all clients) against the round, val and test; the best round marked."""
-    import matplotlib
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def learning_curve_figure(records: list[dict[str, Any]], title: str, best_round: int | None):
+    """The learning curve as a matplotlib Figure: weighted accuracy (val, test) and loss (train, val,
+    test) against the round, the best round marked. Points that are NaN or infinite (a diverged run)
+    cannot be drawn: a red note over the panel names the curves and rounds, and red crosses on the
+    panel's floor mark those rounds (a curve would otherwise just end, or not show at all)."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     rounds = [r["round"] for r in records]
-    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
-    for split, style in (("val", "--"), ("test", "-")):
-        ax_acc.plot(rounds, [100 * r[f"{split}_acc"] for r in records], style, marker="o", label=split)
-        ax_loss.plot(rounds, [r[f"{split}_loss"] for r in records], style, marker="o", label=split)
+    fig = Figure(figsize=(10, 4))
+    ax_acc, ax_loss = fig.subplots(1, 2, sharex=True)
+    curves = [(ax_acc, "val", "val", [100 * r["val_acc"] for r in records], "--"),
+              (ax_acc, "test", "test", [100 * r["test_acc"] for r in records], "-")]
+    if any("train_loss" in r for r in records):
+        curves.append((ax_loss, "train (sampled clients)", "train", [r.get("train_loss", math.nan) for r in records],
+                       ":"))
+    curves += [(ax_loss, "val", "val", [r["val_loss"] for r in records], "--"),
+               (ax_loss, "test", "test", [r["test_loss"] for r in records], "-")]
+    broken: dict[Any, dict[str, list[str]]] = {ax_acc: {}, ax_loss: {}}  # axes -> what happened -> curves
+    for ax, label, short, values, style in curves:
+        ax.plot(rounds, values, style, marker="o", label=label)
+        bad = [n for n, v in zip(rounds, values) if not _finite(v)]
+        if bad:
+            nans = sum(isinstance(v, float) and math.isnan(v) for v in values)
+            kind = "NaN" if nans == len(bad) else "infinite" if nans == 0 else "NaN or infinite"
+            where = f"from round {bad[0]}" if len(bad) > 1 else f"at round {bad[0]}"
+            broken[ax].setdefault(f"{kind} {where}", []).append(short)
+            ax.plot(bad, [0.02] * len(bad), "x", color="tab:red", transform=ax.get_xaxis_transform(), clip_on=False)
     ax_acc.set(xlabel="round", ylabel="weighted accuracy (%)")
     ax_loss.set(xlabel="round", ylabel="weighted loss")
     for ax in (ax_acc, ax_loss):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
         if best_round is not None:
             ax.axvline(best_round, color="grey", linewidth=1, linestyle=":", label=f"best round {best_round}")
+        if broken[ax]:
+            ax.set_title("\n".join(f"{', '.join(names)}: {what}" for what, names in broken[ax].items())
+                         + " (not drawn: diverged?)", color="tab:red", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
+
+
+def plot_learning_curve(records: list[dict[str, Any]], path: Path, title: str, best_round: int | None) -> None:
+    """learning_curve.png: see learning_curve_figure."""
+    learning_curve_figure(records, title, best_round).savefig(path, dpi=100)
+
+
+def client_accuracy_figure(clients: dict[str, Any], title: str, record: dict[str, Any] | None = None,
+                           best: bool = True):
+    """The per-client test accuracy of one evaluation (a line of clients.jsonl) as a histogram of
+    5-point bins, with the weighted and the plain-average accuracy marked (`record`: that round's
+    line of metrics.jsonl)."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    acc = 100 * np.asarray(clients["test_acc"], dtype=np.float64)
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    ax.hist(acc, bins=np.linspace(0.0, 100.0, 21), color="tab:blue", edgecolor="white")
+    ax.axvline(acc.mean(), color="tab:orange", linestyle="--", label=f"average {acc.mean():.2f}%")
+    if record is not None and _finite(record.get("test_acc")):
+        ax.axvline(100 * record["test_acc"], color="black", linestyle="-",
+                   label=f"weighted {100 * record['test_acc']:.2f}%")
+    ax.axvline(np.quantile(acc, 0.1), color="tab:red", linestyle=":",
+               label=f"bottom decile {np.quantile(acc, 0.1):.2f}%")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlim=(0, 100), xlabel="test accuracy of a client (%)", ylabel="clients",
+           title=f"{'best round' if best else 'round'} {clients['round']}: {len(acc)} clients, std {acc.std():.2f}")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_client_accuracy(clients: dict[str, Any], path: Path, title: str, record: dict[str, Any] | None = None,
+                         best: bool = True) -> None:
+    """client_accuracy.png: see client_accuracy_figure."""
+    client_accuracy_figure(clients, title, record, best).savefig(path, dpi=100)
 
 
 def progress(total: int, desc: str):
-    """A progress bar on a terminal; None elsewhere (the log then gets a line per evaluation)."""
-    if not sys.stderr.isatty():
+    """A progress bar on a terminal, tqdm's widget in a Jupyter notebook (kept when done); None
+    elsewhere (the log then gets a line per evaluation)."""
+    ipython = sys.modules.get("IPython")  # loaded when we run inside IPython; never imported here
+    shell = getattr(ipython, "get_ipython", lambda: None)() if ipython is not None else None
+    notebook = shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+    if not (notebook or sys.stderr.isatty()):
         return None
-    from tqdm import tqdm
+    from tqdm.auto import tqdm  # the notebook widget in a Jupyter kernel, the text bar elsewhere
 
-    return tqdm(total=total, desc=desc, unit="round", file=sys.stderr, leave=False)
+    return tqdm(total=total, desc=desc, unit="round", file=sys.stderr, leave=notebook)

@@ -20,15 +20,17 @@ from fedplug.core.params import Params
 from fedplug.errors import UserError
 from fedplug.run import checkpoint
 from fedplug.run.early_stop import EarlyStopper
-from fedplug.run.evaluation import pool
+from fedplug.run.evaluation import per_client, pool
 from fedplug.run.failpoint import failpoint
 from fedplug.run.fingerprint import check_same_run
 from fedplug.run.outputs import MetricsLog
+from fedplug.run.tracking import Tracking, start_tracking
 from fedplug.seeding import CLIENT_SAMPLING, generator
 from fedplug.server.round import RoundAggregation
 from fedplug.server.sampling import clients_per_round, sample_clients
 
 logger = logging.getLogger("fedplug")
+CLIENTS_FILE = "clients.jsonl"  # one line per evaluation: each client's test accuracy, loss and samples
 Evaluate = Callable[[Params], dict[str, list[dict[str, Any]]]]  # global params -> per split, per client
 
 
@@ -44,20 +46,31 @@ class RoundKeeper:
         self.stopper = EarlyStopper(cfg.early_stop.patience, cfg.early_stop.delta)
         self.rounds_run = 0
         self.records: list[dict[str, Any]] = []
+        self.client_records: list[dict[str, Any]] = []  # clients.jsonl's lines, one per record
         # Per-client state lives with the clients: these move it into and out of checkpoints.
         self.save_client_state: Callable[[int], dict[str, Any]] = lambda round_num: {}
         self.load_client_state: Callable[[dict[str, Any], int], None] = lambda state, round_num: None
         self.metrics: MetricsLog | None = None
+        self.clients: MetricsLog | None = None
+        self.tracking = Tracking([])  # TensorBoard, MLflow: started by open(), finished by finish_run
 
     # -- the rounds ----------------------------------------------------------------------------
     def open(self, resume: bool) -> None:
-        """Start fresh, or continue from the run folder's checkpoint (metrics.jsonl cut back to it)."""
+        """Start fresh, or continue from the run folder's checkpoint (metrics.jsonl, clients.jsonl cut back to it)."""
         if resume:
             self._restore()
-        path = self.run_dir / "metrics.jsonl"
-        path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
-        self.metrics = MetricsLog(path)
-        self.metrics.records = self.records
+            self.client_records = read_client_records(self.run_dir, [r["round"] for r in self.records])
+        self.metrics = self._jsonl("metrics.jsonl", self.records)
+        self.clients = self._jsonl(CLIENTS_FILE, self.client_records)
+        self.tracking = start_tracking(self.cfg, self.run_dir, self.plan.label, resume, self.rounds_run, self.records,
+                                       self.client_records)
+
+    def _jsonl(self, name: str, lines: list[dict[str, Any]]) -> MetricsLog:
+        path = self.run_dir / name
+        path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+        log = MetricsLog(path)
+        log.records = lines
+        return log
 
     def rounds(self) -> range:
         return range(self.rounds_run + 1, self.cfg.federate.total_round_num + 1)
@@ -85,8 +98,12 @@ class RoundKeeper:
         self.rounds_run = round_num
         stop = False
         if round_num % self.cfg.eval.freq == 0 or round_num == self.cfg.federate.total_round_num:
-            record = {"round": round_num, "train_loss": aggregation.train_loss, **pool(evaluate(self.global_params))}
+            results = evaluate(self.global_params)
+            record = {"round": round_num, "train_loss": aggregation.train_loss, **pool(results)}
+            clients = {"round": round_num, **per_client(results)}
             self.metrics.write(record)
+            self.clients.write(clients)
+            self.tracking.log(record, clients)
             stop = self.stopper.update(round_num, record["val_loss"], record)
             logger.info("round %d: val_loss %.4f, val_acc %.4f, test_acc %.4f", round_num, record["val_loss"],
                         record["val_acc"], record["test_acc"])
@@ -99,8 +116,9 @@ class RoundKeeper:
         return stop
 
     def close(self) -> None:
-        if self.metrics is not None:
-            self.metrics.close()
+        for log in (self.metrics, self.clients):
+            if log is not None:
+                log.close()
 
     # -- checkpoints ---------------------------------------------------------------------------
     @property
@@ -136,6 +154,26 @@ class RoundKeeper:
         for name, value in meta["early_stop"].items():
             setattr(self.stopper, name, value)
         logger.info("resumed from the checkpoint at round %d (%s)", self.rounds_run, self.checkpoint_path)
+
+
+def read_client_records(run_dir: Path, rounds: list[int] | None = None) -> list[dict[str, Any]]:
+    """clients.jsonl's lines (those of `rounds` when given: a resumed run's, up to its checkpoint)."""
+    path = run_dir / CLIENTS_FILE
+    lines: list[dict[str, Any]] = []
+    if path.is_file():
+        for text in path.read_text().splitlines():
+            try:
+                lines.append(json.loads(text))
+            except json.JSONDecodeError:  # a line torn by a kill: nothing after it was written whole
+                break
+    if rounds is None:
+        return lines
+    wanted = set(rounds)
+    kept = {line["round"]: line for line in lines if line.get("round") in wanted}
+    if len(kept) < len(wanted):
+        logger.warning("%s lacks the per-client results of round(s) %s: client_accuracy.png and the histograms "
+                       "will miss them", path, sorted(wanted - set(kept))[:10])
+    return [kept[r] for r in rounds if r in kept]
 
 
 def client_state_tree(kept: dict[int, Params], states: dict[int, dict[str, Params]]) -> dict[str, Any]:

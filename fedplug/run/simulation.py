@@ -24,9 +24,10 @@ from fedplug.data import build_data
 from fedplug.models import build_model, check_fits
 from fedplug.run.early_stop import EarlyStopper
 from fedplug.run.evaluation import EVAL_SPLITS
-from fedplug.run.outputs import make_run_dir, plot_learning_curve, progress, setup_logging
+from fedplug.run.outputs import make_run_dir, plot_client_accuracy, plot_learning_curve, progress, setup_logging
 from fedplug.run.plan import build_plan
-from fedplug.run.rounds import RoundKeeper, client_state_tree, split_client_state_tree
+from fedplug.run.rounds import RoundKeeper, client_state_tree, read_client_records, split_client_state_tree
+from fedplug.run.tracking import Tracking, check_tracking
 from fedplug.server.sampling import clients_per_round
 
 logger = logging.getLogger("fedplug")
@@ -58,6 +59,7 @@ def run(cfg: ConfigNode, run_dir: Path | None = None, resume: bool = False) -> d
 def _run(cfg: ConfigNode, run_dir: Path | None, resume: bool) -> dict[str, Any]:
     started = time.perf_counter()
     plan = build_plan(cfg)  # refuses impossible combinations before any work
+    check_tracking(cfg)  # and a tracker switched on without its package
     run_dir = run_dir or make_run_dir(cfg, plan.label)
     setup_logging(run_dir)
     data = build_data(cfg)
@@ -99,12 +101,13 @@ def _run(cfg: ConfigNode, run_dir: Path | None, resume: bool) -> dict[str, Any]:
         bar.close()
     keeper.close()
     return finish_run(cfg, plan.label, run_dir, keeper.records, keeper.stopper, keeper.rounds_run,
-                   time.perf_counter() - started)
+                      time.perf_counter() - started, keeper.tracking)
 
 
 def finish_run(cfg: ConfigNode, label: str, run_dir: Path, records: list[dict], stopper: EarlyStopper,
-               rounds_run: int, seconds: float) -> dict[str, Any]:
-    """Write summary.json and the learning curve; the final result (standalone run or distributed server)."""
+               rounds_run: int, seconds: float, tracking: Tracking | None = None) -> dict[str, Any]:
+    """Write summary.json, the learning curve and the client accuracies at the best round; hand them to
+    the trackers; the final result (standalone run or distributed server)."""
     best = stopper.best_metrics
     result = {
         "method": label,
@@ -122,8 +125,16 @@ def finish_run(cfg: ConfigNode, label: str, run_dir: Path, records: list[dict], 
     summary = {**result, "seconds": round(seconds, 2), "best": best}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if records:
-        plot_learning_curve(records, run_dir / "learning_curve.png",
-                            f"{label} on {cfg.data.type} (seed {cfg.seed})", stopper.best_round)
+        title = f"{label} on {cfg.data.type} (seed {cfg.seed})"
+        plot_learning_curve(records, run_dir / "learning_curve.png", title, stopper.best_round)
+        shown = stopper.best_round if stopper.best_round is not None else records[-1]["round"]
+        clients = [c for c in read_client_records(run_dir) if c["round"] == shown]
+        if clients:
+            record = next((r for r in records if r["round"] == shown), None)
+            plot_client_accuracy(clients[-1], run_dir / "client_accuracy.png", title, record,
+                                 best=stopper.best_round is not None)
+    if tracking is not None:
+        tracking.finish(run_dir, result)
     logger.info("best round %s: weighted test accuracy %.2f%% (%.1f s)", stopper.best_round,
                 100 * (result["test_acc"] or 0.0), seconds)
     return result
