@@ -199,6 +199,7 @@ def test_no_bar_off_a_terminal_and_none_when_cached(tmp_path, monkeypatch, caplo
     assert quiet.getvalue() == ""
     terminal = Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
+    caplog.clear()  # the first call's records (captured when an earlier run set fedplug's level to INFO)
     with caplog.at_level(logging.INFO, logger="fedplug.data"):
         synthetic.load_or_generate(SMALL, tmp_path)  # cached: loads, says nothing
     assert terminal.getvalue() == "" and not caplog.records
