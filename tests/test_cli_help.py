@@ -3,6 +3,7 @@ and the first run's data generation shows where its cache goes, how big it is, a
 from __future__ import annotations
 
 import io
+import os
 import logging
 import subprocess
 import sys
@@ -209,3 +210,13 @@ def test_default_synthetic_size_is_what_the_readme_says() -> None:
     size = synthetic.expected_bytes(SyntheticParams())
     assert synthetic.human_bytes(size) == "1.87 GB"
     assert "1.87 GB" in (ROOT / "README.md").read_text()
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback() -> None:
+    """`fedplug help | head -1`: the pipe closes before fedplug writes; it stops quietly."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first write: a certain broken pipe
+    proc = subprocess.run([sys.executable, "-m", "fedplug", "help"], stdout=write_end, stderr=subprocess.PIPE,
+                          text=True, cwd=ROOT)
+    os.close(write_end)
+    assert proc.returncode == 141 and proc.stderr == ""
