@@ -125,7 +125,10 @@ class DPFedAvg(Plugin):
     def report(self, facts: RoundFacts) -> dict[str, float]:
         s = self.section
         q = len(facts.sampled) / facts.num_clients
-        return {"epsilon": epsilon(s.accountant, q, self.z, facts.round_num, s.delta)}
+        figures = {"epsilon": epsilon(s.accountant, q, self.z, facts.round_num, s.delta)}
+        if self.adaptive:
+            figures["dp_clip"] = float(self.clip["value"])  # the clip the next round will use
+        return figures
 
     def describe_server(self) -> list[str]:
         lines = [f"{'weights':<19}uniform (1 per client: DP-FedAvg's sensitivity)",
