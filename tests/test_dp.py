@@ -205,6 +205,15 @@ def test_resume_is_exact_with_the_adaptive_clip(small_cfg) -> None:
     assert again == first and (run_dir / "metrics.jsonl").read_text() == before
 
 
+def test_vectorized_backend_equals_sequential(small_cfg) -> None:
+    """The clip at the upload point and the count of unclipped updates, per client of a cohort."""
+    cfg = dict(DP, dp__adaptive_clip__use=True, dp__adaptive_clip__count_noise=1.0)
+    sequential, vectorized = run(small_cfg(**cfg)), run(small_cfg(**cfg, federate__backend="vectorized"))
+    assert vectorized["epsilon"] == sequential["epsilon"]
+    for key in ("test_acc", "val_loss", "test_loss"):
+        assert vectorized[key] == pytest.approx(sequential[key], abs=1e-5)
+
+
 def test_launch_equals_standalone(tmp_path: Path, data_root: Path) -> None:
     words = ["dp.use", "True", "dp.clip", "0.5", "dp.noise_multiplier", "0.8", "dp.adaptive_clip.use", "True",
              "federate.total_round_num", "6"]
