@@ -20,7 +20,6 @@ from opacus.accountants.rdp import RDPAccountant
 from fedplug.algorithms.adaptive_clip import AdaptiveClip, update_noise_multiplier
 from fedplug.algorithms.dp import clip_update, noised_mean, update_norm
 from fedplug.algorithms.dp_accountant import epsilon
-from fedplug.config import load_config
 from fedplug.core.messages import RoundFacts, Upload
 from fedplug.core.plugin import Plugin
 from fedplug.errors import UserError
