@@ -177,6 +177,11 @@ def test_with_fedprox_and_fedopt(small_cfg) -> None:
     assert result["method"] == "DP-FedAvg+FedProx+FedOpt" and result["test_acc"] > 0.5
 
 
+def test_noise_goes_on_the_aggregate_before_other_transforms(small_cfg) -> None:
+    text = describe_plan(build_plan(small_cfg(**DP, feddyn__use=True)))
+    assert text.index("[dp]\n") < text.index("h <- h - alpha")  # FedDyn's h reads the noised aggregate
+
+
 def test_noise_comes_after_an_aggregator_plugin(small_cfg, register) -> None:
     register(Median)
     cfg = small_cfg(test_median__use=True, **{**DP, "dp__noise_multiplier": 0.0, "dp__clip": 1e9})
