@@ -179,7 +179,7 @@ def test_with_fedprox_and_fedopt(small_cfg) -> None:
 
 def test_noise_goes_on_the_aggregate_before_other_transforms(small_cfg) -> None:
     text = describe_plan(build_plan(small_cfg(**DP, feddyn__use=True)))
-    assert text.index("[dp]\n") < text.index("h <- h - alpha")  # FedDyn's h reads the noised aggregate
+    assert text.index("transform          new = old +") < text.index("transform          h <- h - alpha")  # FedDyn's h reads the noised aggregate
 
 
 def test_noise_comes_after_an_aggregator_plugin(small_cfg, register) -> None:
