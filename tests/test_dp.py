@@ -137,7 +137,8 @@ def test_zero_noise_and_huge_clip_is_the_uniform_mean_bit_for_bit(small_cfg) -> 
     ({"dp__accountant": "prv", "dp__noise_multiplier": 0.0}, "prv cannot account a noise multiplier of 0"),
     ({"dp__adaptive_clip__use": True, "dp__adaptive_clip__target_quantile": 1.5}, "target_quantile"),
     ({"dp__adaptive_clip__use": True, "dp__adaptive_clip__lr": 0.0}, "adaptive_clip.lr"),
-    ({"dp__adaptive_clip__use": True, "dp__adaptive_clip__count_noise": 0.4}, "2 \\* count_noise > dp.noise_multiplier"),
+    ({"dp__adaptive_clip__use": True, "dp__adaptive_clip__count_noise": 0.4},
+     "2 \\* count_noise > dp.noise_multiplier"),
     ({"scaffold__use": True}, "dp and scaffold cannot be combined: scaffold sends"),
     ({"fednova__use": True}, "dp and fednova cannot be combined: both fill the exclusive role 'weighting'"),
     ({"aggregator__weighting": "uniform"}, "dp sets the aggregation weights itself"),
@@ -179,7 +180,8 @@ def test_with_fedprox_and_fedopt(small_cfg) -> None:
 
 def test_noise_goes_on_the_aggregate_before_other_transforms(small_cfg) -> None:
     text = describe_plan(build_plan(small_cfg(**DP, feddyn__use=True)))
-    assert text.index("transform          new = old +") < text.index("transform          h <- h - alpha")  # FedDyn's h reads the noised aggregate
+    # FedDyn's h reads the noised aggregate
+    assert text.index("transform          new = old +") < text.index("transform          h <- h - alpha")
 
 
 def test_noise_comes_after_an_aggregator_plugin(small_cfg, register) -> None:
@@ -187,7 +189,8 @@ def test_noise_comes_after_an_aggregator_plugin(small_cfg, register) -> None:
     cfg = small_cfg(test_median__use=True, **{**DP, "dp__noise_multiplier": 0.0, "dp__clip": 1e9})
     text = describe_plan(build_plan(cfg))
     assert "transform_upload [dp]" in text
-    assert text.index("[test_median]") < text.index("transform          new = old +") < text.index("global <- aggregate")
+    median, noise = text.index("[test_median]"), text.index("transform          new = old +")
+    assert median < noise < text.index("global <- aggregate")
     # Without noise and with every client in, DP passes the aggregator's output on unchanged; with noise it does not.
     median_only = run(small_cfg(test_median__use=True))
     assert without(run(cfg), "method", "epsilon") == without(median_only, "method")
@@ -230,7 +233,8 @@ def test_launch_equals_standalone(tmp_path: Path, data_root: Path) -> None:
 
 
 def test_dp_off_is_not_imported() -> None:
-    code = ("import sys; from fedplug.config import load_config; from fedplug.run.plan import build_plan, describe_plan;"
+    code = ("import sys; from fedplug.config import load_config; "
+            "from fedplug.run.plan import build_plan, describe_plan;"
             "describe_plan(build_plan(load_config(None, {'fedprox.use': True})));"
             "print([m for m in ('fedplug.algorithms.dp', 'fedplug.algorithms.dp_accountant', 'opacus') "
             "if m in sys.modules])")

@@ -7,8 +7,8 @@ with the fixed denominator m (the expected clients per round) and moves C geomet
 norms' target quantile gamma:
     b = (sum_k (b_k - 1/2) + N(0, sigma_b^2)) / m + 1/2,      C <- C * exp(-eta_C * (b - gamma)).
 The count is a second Gaussian mechanism on the same clients, of sensitivity 1/2 (one client
-added or removed moves the centred sum by 1/2). The paper splits the privacy budget so that the pair costs what the update alone would
-at noise multiplier z: the update's noise multiplier becomes
+added or removed moves the centred sum by 1/2). The paper splits the privacy budget so that the
+pair costs what the update alone would at noise multiplier z: the update's noise multiplier becomes
     z_update = (z^-2 - (2 sigma_b)^-2)^(-1/2),
 which needs 2 sigma_b > z, and the accountant is run at z.
 """
@@ -44,5 +44,6 @@ class AdaptiveClip:
         return clip * math.exp(-self.lr * (fraction - self.gamma))
 
     def describe(self) -> str:
-        return (f"clip <- clip * exp(-{self.lr} * (b - {self.gamma})), b = (sum(b_k - 1/2) + N(0, {self.count_noise}^2)) "
-                f"/ expected + 1/2; update noise multiplier {self.update_z:.4g}")
+        return (f"clip <- clip * exp(-{self.lr} * (b - {self.gamma})), "
+                f"b = (sum(b_k - 1/2) + N(0, {self.count_noise}^2)) / expected + 1/2; "
+                f"update noise multiplier {self.update_z:.4g}")

@@ -116,7 +116,8 @@ class DPFedAvg(Plugin):
         new = noised_mean(old, aggregate, len(facts.received), expected, self.update_z * clip, noise)
         if self.adaptive:  # after the model's noise, from the same generator
             count = float(facts.extras(self.name)["unclipped"])
-            self.clip["value"] = torch.tensor(self.adaptive.next_clip(clip, count, expected, noise), dtype=torch.float64)
+            following = self.adaptive.next_clip(clip, count, expected, noise)
+            self.clip["value"] = torch.tensor(following, dtype=torch.float64)
         return new
 
     def server_state(self) -> dict[str, Any]:
