@@ -13,6 +13,7 @@ import torch
 MODEL_INIT = 0
 CLIENT_SAMPLING = 1
 CLIENT_TRAINING = 2
+DP_NOISE = 3  # the server's Gaussian noise of DP-FedAvg, per round
 
 
 def derive_seed(root: int, *path: int) -> int:

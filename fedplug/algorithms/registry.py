@@ -23,6 +23,7 @@ from fedplug.errors import ConfigError
 
 # name -> (FederatedScope method name, implementation), in plan order
 BUILTIN = {
+    "dp": ("DP-FedAvg", "fedplug.algorithms.dp:DPFedAvg"),  # first: its noise goes on the plain aggregate
     "fedbn": ("FedBN", "fedplug.algorithms.fedbn:FedBN"),
     "fedprox": ("FedProx", "fedplug.algorithms.fedprox:FedProx"),
     "scaffold": ("SCAFFOLD", "fedplug.algorithms.scaffold:Scaffold"),

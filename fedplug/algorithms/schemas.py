@@ -73,3 +73,23 @@ register_section("feddyn", Section("FedDyn: dynamic regularization toward the gl
     "use": _use("FedDyn"),
     "alpha": Key(0.01, "alpha, weight of the dynamic regularizer (0: FedAvg exactly)", **_non_negative),
 }))
+
+register_section("dp", Section("DP-FedAvg: user-level differential privacy (McMahan et al. 2018; docs/privacy.md)", {
+    "use": _use("DP-FedAvg"),
+    "clip": Key(0.0, "S, the L2 bound on each client's update (upload - global), applied on the client; "
+                "required (> 0) with dp.use; the initial bound under adaptive clipping"),
+    "noise_multiplier": Key(1.0, "z: the server adds N(0, (z * S)^2) per coordinate to the sum of clipped updates",
+                            **_non_negative),
+    "delta": Key(1e-5, "delta of the (epsilon, delta) guarantee reported as `epsilon`",
+                 check=lambda v: 0 < v < 1, check_msg="in (0, 1)"),
+    "accountant": Key("rdp", "privacy accountant (Opacus): rdp (Renyi DP) or prv (privacy random variables)",
+                      choices=("rdp", "prv")),
+    "adaptive_clip": Section("adaptive clipping toward a quantile of the update norms (Andrew et al. 2021)", {
+        "use": Key(False, "move the clip geometrically toward the target quantile each round"),
+        "target_quantile": Key(0.5, "gamma, the fraction of updates meant to be unclipped",
+                               check=lambda v: 0 <= v <= 1, check_msg="in [0, 1]"),
+        "lr": Key(0.2, "eta_C, the clip's learning rate: S <- S * exp(-eta_C * (b - gamma))", **_positive),
+        "count_noise": Key(3.0, "sigma_b, the noise std on the count of unclipped updates (the paper: clients "
+                                "per round / 20); needs 2 * sigma_b > z", **_non_negative),
+    }),
+}))

@@ -5,8 +5,8 @@ pipeline (weights -> aggregate -> receive -> transforms in plan order -> update)
 what. Impossible combinations are refused here with a sentence naming both parties: two plug-ins
 in one exclusive role, two replacing the same hook, an ordering cycle or a missing anchor, two
 plug-ins writing the same context field at one trigger point with no order between them, a
-gradient transform next to a plug-in that replaces the backward step, and a weighting plug-in
-next to a configured `aggregator.weighting`.
+gradient transform next to a plug-in that replaces the backward step, a weighting plug-in
+next to a configured `aggregator.weighting`, and any pair a plug-in `refuses` (with its sentence).
 """
 from __future__ import annotations
 
@@ -98,6 +98,10 @@ class Plan:
             return f"set by {self.weigher.name}"
         return f"{WEIGHTINGS[self.weighting][1]} (aggregator.weighting {self.weighting})"
 
+    def report(self, facts: RoundFacts) -> dict[str, float]:
+        """Every plug-in's figures for the round's metrics record."""
+        return {k: v for p in self.with_method("report") for k, v in p.report(facts).items()}
+
     def update_global(self, old: Params, aggregate: Params, facts: RoundFacts) -> Params:
         """The server pipeline after aggregation: every plug-in's `receive`, each plug-in's transform in
         plan order, then the update."""
@@ -122,6 +126,14 @@ def _check_roles(plugins: list[Plugin]) -> None:
         method = ROLE_METHODS.get(role)
         if method and not overrides(plugin, method):
             raise CompositionError(f"{plugin.name} fills the role '{role}' but does not define {method}()")
+
+
+def _check_pairs(plugins: list[Plugin]) -> None:
+    for plugin in plugins:
+        for other in plugins:
+            why = plugin.refuses(other) if other is not plugin else ""
+            if why:
+                raise CompositionError(f"{plugin.name} and {other.name} cannot be combined: {why}")
 
 
 def _place(table: HookTable, routine: str, specs: list[tuple[Plugin, HookSpec]]) -> None:
@@ -209,6 +221,7 @@ def _check_server_side(plugins: list[Plugin], weighting: str) -> None:
 
 def compose(plugins: list[Plugin], weighting: str = "samples") -> Plan:
     _check_roles(plugins)
+    _check_pairs(plugins)
     _check_server_side(plugins, weighting)
     tables = {"train": default_train_hooks(), "eval": default_eval_hooks()}
     for routine, table in tables.items():

@@ -6,11 +6,14 @@ A plug-in is switched on by `<name>.use: true` (or `federate.method`). It declar
 - `roles`: exclusive roles it fills ("personalization", "server_update", "model", "aggregator",
   "weighting", ...): two active plug-ins filling one role are refused at start-up;
 - what travels besides the model (`messages`, `broadcast`, `client_upload`): core/messages.py;
+  `transform_upload` changes the parameters a client sends (DP's clipped update);
 - the gradient point (`transform_gradients`): between backward and the optimizer step;
 - its server side, run in this order each round: weights (`client_weight`, the "weighting" role),
   the aggregate (`aggregate`, the "aggregator" role, else the streaming weighted mean), `receive`
   (every plug-in, plan order), `transform_aggregate` (chained, plan order), `server_update` (the
   "server_update" role); each gets the round's facts (core/messages.RoundFacts);
+- `refuses(other)`: a sentence when it cannot run next to another plug-in; `report(facts)`: figures
+  for the metrics records (DP's epsilon);
 - `local_parameters(names)`: parameter names that never travel (kept per client);
 - `wrap_model(model, make)`: for the plug-in with the "model" role, the model the clients train;
 - per-client state: `self.state(ctx)` is this plug-in's own dict for the client being visited,
@@ -113,6 +116,11 @@ class Plugin:
         """After the local update: this plug-in's `up` tensors for this client (and its state updated)."""
         return {}
 
+    def transform_upload(self, params: Params, view: LocalView) -> Params:
+        """After every `client_upload`: the shared parameters this client sends, chained in plan order
+        (DP-FedAvg clips the update here, on the client). Return new tensors; never write `params`."""
+        return params
+
     # -- server side ---------------------------------------------------------------------------------
     def client_weight(self, upload: Upload) -> float:
         """For the plug-in with the "weighting" role: a client's aggregation weight (a positive float)."""
@@ -147,6 +155,15 @@ class Plugin:
     def describe_server(self) -> list[str]:
         """Lines for `fedplug plan`: what this plug-in does on the server."""
         return []
+
+    def refuses(self, other: Plugin) -> str:
+        """Why this plug-in cannot run next to `other` ('' when it can); composition refuses the pair."""
+        return ""
+
+    def report(self, facts: RoundFacts) -> dict[str, float]:
+        """Figures added to each metrics record after round `facts.round_num` (DP's epsilon); the last
+        record's also go to summary.json and the final line."""
+        return {}
 
     # -- cohort forms, for the vectorized backend (tensors stacked on a leading client axis) ----------
     def cohort_penalty(self, params: Params, received: Params) -> torch.Tensor | None:

@@ -170,7 +170,7 @@ class Coordinator:
                 break
         keeper.close()
         return finish_run(self.cfg, self.plan.label, self.run_dir, keeper.records, keeper.stopper, keeper.rounds_run,
-                          time.perf_counter() - self.started, keeper.tracking)
+                          time.perf_counter() - self.started, keeper.tracking, keeper.report())
 
     def _exchange(self, kind: int, round_num: int, clients: list[int], tensors: Params | None,
                   check: Any, consume: Any = None) -> dict[int, Any]:

@@ -31,6 +31,10 @@ def describe_plan(plan: Plan, cfg: ConfigNode | None = None) -> str:
     if gradient:
         lines.append("client gradient point (after backward, before clipping and the optimizer step):")
         lines += [f"  transform_gradients [{p.name}]" for p in gradient]
+    uploads = plan.with_method("transform_upload")
+    if uploads:
+        lines.append("client upload point (after the local update, before sending, in this order):")
+        lines += [f"  transform_upload [{p.name}]" for p in uploads]
     lines += _travel_lines(plan)
     lines.append("server (in this order):")
     lines += [f"  {text} [{owner}]" for text, owner in _server_lines(plan)]

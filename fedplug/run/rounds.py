@@ -99,7 +99,8 @@ class RoundKeeper:
         stop = False
         if round_num % self.cfg.eval.freq == 0 or round_num == self.cfg.federate.total_round_num:
             results = evaluate(self.global_params)
-            record = {"round": round_num, "train_loss": aggregation.train_loss, **pool(results)}
+            record = {"round": round_num, "train_loss": aggregation.train_loss, **pool(results),
+                      **self.plan.report(aggregation.facts)}
             clients = {"round": round_num, **per_client(results)}
             self.metrics.write(record)
             self.clients.write(clients)
@@ -114,6 +115,11 @@ class RoundKeeper:
         if every and round_num % every == 0 and not stop and round_num < self.cfg.federate.total_round_num:
             self.save(round_num)
         return stop
+
+    def report(self) -> dict[str, Any]:
+        """The plug-ins' figures after the rounds run so far (DP's epsilon), for the summary and final line."""
+        facts = RoundFacts(self.rounds_run, self.num_clients, tuple(self.sample(self.rounds_run)), self.global_params)
+        return self.plan.report(facts)
 
     def close(self) -> None:
         for log in (self.metrics, self.clients):

@@ -101,13 +101,15 @@ def _run(cfg: ConfigNode, run_dir: Path | None, resume: bool) -> dict[str, Any]:
         bar.close()
     keeper.close()
     return finish_run(cfg, plan.label, run_dir, keeper.records, keeper.stopper, keeper.rounds_run,
-                      time.perf_counter() - started, keeper.tracking)
+                      time.perf_counter() - started, keeper.tracking, keeper.report())
 
 
 def finish_run(cfg: ConfigNode, label: str, run_dir: Path, records: list[dict], stopper: EarlyStopper,
-               rounds_run: int, seconds: float, tracking: Tracking | None = None) -> dict[str, Any]:
+               rounds_run: int, seconds: float, tracking: Tracking | None = None,
+               reported: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write summary.json, the learning curve and the client accuracies at the best round; hand them to
-    the trackers; the final result (standalone run or distributed server)."""
+    the trackers; the final result (standalone run or distributed server). `reported`: the plug-ins'
+    figures after the last round (DP's epsilon), added to both."""
     best = stopper.best_metrics
     result = {
         "method": label,
@@ -121,6 +123,7 @@ def finish_run(cfg: ConfigNode, label: str, run_dir: Path, records: list[dict], 
         "rounds_run": rounds_run,
         "early_stopped": stopper.should_stop,
         "run_dir": str(run_dir),
+        **(reported or {}),
     }
     summary = {**result, "seconds": round(seconds, 2), "best": best}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
