@@ -13,6 +13,8 @@ import torch
 MODEL_INIT = 0
 CLIENT_SAMPLING = 1
 CLIENT_TRAINING = 2
+ATTACKERS = 3  # the fixed set of attacking clients, drawn once per run
+ATTACK_NOISE = 4  # an attacker's noise in round r (seed, ATTACK_NOISE, r, client)
 
 
 def derive_seed(root: int, *path: int) -> int:

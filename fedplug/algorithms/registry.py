@@ -15,6 +15,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 import fedplug.algorithms.schemas  # noqa: F401  (built-in config sections; no algorithm code)
+from fedplug.attacks.schemas import ATTACKS  # the attack section too; no attack code
 from fedplug.config import ConfigNode
 from fedplug.config.load import suggest
 from fedplug.config.schema import ROOT
@@ -105,4 +106,8 @@ def active_algorithms(cfg: ConfigNode) -> list[Plugin]:
     on |= {name for name in list(BUILTIN) + sorted(_registered) if cfg.get(f"{name}.use")}
     if cfg.personalization.local_param and "fedbn" not in on:
         on.add("fedbn")  # local parameters are FedBN's mechanism, also when named without fedbn.use
-    return [_class(name)(cfg) for name in list(BUILTIN) + sorted(_registered) if name in on]
+    plugins = [_class(name)(cfg) for name in list(BUILTIN) + sorted(_registered) if name in on]
+    if cfg.attack.type != "none":  # last: an attack changes what the algorithms' clients would send
+        module, cls = ATTACKS[cfg.attack.type].split(":")
+        plugins.append(getattr(importlib.import_module(module), cls)(cfg))
+    return plugins

@@ -87,17 +87,25 @@ class SequentialBackend:
                                     received_extras=extras, gradient_transforms=transforms, trainer=self.trainer)
         if self.kept_names:
             self._kept[client] = self._read(self.kept_names)
-        params = self.shared_parameters()
         metrics = {k: result[k] for k in ("train_total", "train_steps", "train_loss")}
-        return {**result, "params": params, "extras": self._uploads(client, params, global_params, extras, metrics)}
+        params, uploads = self._uploads(client, round_num, self.shared_parameters(), global_params, extras, metrics)
+        return {**result, "params": params, "extras": uploads}
 
-    def _uploads(self, client: int, params: Params, received: Params, extras: dict[str, Params],
-                 metrics: dict[str, float]) -> dict[str, Params]:
-        """Each plug-in's `client_upload` tensors for this client's finished local update."""
+    def _uploads(self, client: int, round_num: int, params: Params, received: Params, extras: dict[str, Params],
+                 metrics: dict[str, float]) -> tuple[Params, dict[str, Params]]:
+        """What this client sends after its local update: the parameters (its model, unless a `transform_upload`
+        changes them, in plan order) and each plug-in's `client_upload` tensors (computed from its model)."""
         states = self.client_states(client)
         lr = self.cfg.train.optimizer.lr
-        return {p.name: p.client_upload(LocalView(params, received, extras.get(p.name, {}), states[p.name], lr, metrics))
-                for p in self.plan.with_method("client_upload")}
+
+        def view(plugin: Plugin, current: Params) -> LocalView:
+            return LocalView(current, received, extras.get(plugin.name, {}), states[plugin.name], lr, metrics,
+                             client, round_num)
+
+        uploads = {p.name: p.client_upload(view(p, params)) for p in self.plan.with_method("client_upload")}
+        for plugin in self.plan.with_method("transform_upload"):
+            params = plugin.transform_upload(params, view(plugin, params))
+        return params, uploads
 
     def train_cohort(self, clients: list[int], round_num: int, global_params: Params,
                      extras: dict[str, Params] | None = None) -> Iterator[Upload]:
