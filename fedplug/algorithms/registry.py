@@ -1,5 +1,6 @@
 """Algorithms by name: the built-ins (imported only when switched on), the user's (a decorator),
-and installed packages' (the `fedplug.algorithms` entry point group).
+and installed packages' (the `fedplug.algorithms` entry point group); the robust aggregation rule
+named by `aggregator.rule` (imported only when chosen).
 
     @register_algorithm
     class MyAlgo(Plugin):
@@ -33,6 +34,16 @@ BUILTIN = {
     "ditto": ("Ditto", "fedplug.algorithms.ditto:Ditto"),
     "fedem": ("FedEM", "fedplug.algorithms.fedem:FedEM"),
     "fedopt": ("FedOpt", "fedplug.algorithms.fedopt:FedOpt"),
+}
+# aggregator.rule -> implementation: the robust aggregation rules (role "aggregator"), imported only when chosen
+RULES = {
+    "krum": "fedplug.aggregators.krum:Krum",
+    "multikrum": "fedplug.aggregators.krum:Krum",
+    "median": "fedplug.aggregators.median:Median",
+    "trimmedmean": "fedplug.aggregators.trimmed_mean:TrimmedMean",
+    "bulyan": "fedplug.aggregators.bulyan:Bulyan",
+    "normbounding": "fedplug.aggregators.norm_bounding:NormBounding",
+    "centeredclip": "fedplug.aggregators.centered_clipping:CenteredClipping",
 }
 ENTRY_POINT_GROUP = "fedplug.algorithms"
 _registered: dict[str, type[Plugin]] = {}
@@ -107,6 +118,9 @@ def active_algorithms(cfg: ConfigNode) -> list[Plugin]:
     if cfg.personalization.local_param and "fedbn" not in on:
         on.add("fedbn")  # local parameters are FedBN's mechanism, also when named without fedbn.use
     plugins = [_class(name)(cfg) for name in list(BUILTIN) + sorted(_registered) if name in on]
+    if cfg.aggregator.rule in RULES:  # a robust rule: the plug-in holding the "aggregator" role, after the others
+        module, cls = RULES[cfg.aggregator.rule].split(":")
+        plugins.append(getattr(importlib.import_module(module), cls)(cfg))
     if cfg.attack.type != "none":  # last: an attack changes what the algorithms' clients would send
         module, cls = ATTACKS[cfg.attack.type].split(":")
         plugins.append(getattr(importlib.import_module(module), cls)(cfg))
