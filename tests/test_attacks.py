@@ -227,3 +227,13 @@ def test_launch_with_an_attack_equals_standalone(tmp_path: Path, data_root: Path
     assert without_run_dir(result) == without_run_dir(expected)
     clean = standalone(tmp_path / "clean", data_root, [])
     assert clean["test_acc"] != expected["test_acc"]  # the attack did something
+
+
+def test_attacks_combine_with_the_robust_rules(small_cfg) -> None:
+    attacked = dict(attack__type="signflip", attack__fraction=0.25, attack__scale=10.0, aggregator__byzantine_node_num=1)
+    for rule in ("krum", "multikrum", "trimmedmean", "centeredclip"):
+        assert build_plan(small_cfg(aggregator__rule=rule, **attacked)).names == [rule, "attack"]
+    mean = run(small_cfg(**attacked))
+    median = run(small_cfg(aggregator__rule="median", **attacked))
+    assert median["method"] == "Median+SignFlipAttack"
+    assert median["test_acc"] > mean["test_acc"] + 0.05  # the median holds where the mean does not

@@ -1,11 +1,10 @@
 """Sign flipping: an attacker uploads its update reversed and scaled.
 
-The sign-flipping attack of the Byzantine-robustness literature, e.g. Li, Xu, Chen, Giannakis,
-Ling, "RSA: Byzantine-Robust Stochastic Aggregation Methods for Distributed Learning from
-Heterogeneous Datasets", AAAI 2019; Allen-Zhu, Ebrahimian, Li, Alistarh, "Byzantine-Resilient
-Non-Convex Stochastic Gradient Descent", ICLR 2021. An attacker trains honestly, then uploads
-x - scale * (y - x): its update y - x times -scale (`attack.scale`, default 1). It needs only its
-own update, so it runs the same standalone, vectorized and as a distributed client process.
+The sign-flipping attack of Li, Xu, Chen, Giannakis, Ling, "RSA: Byzantine-Robust Stochastic
+Aggregation Methods for Distributed Learning from Heterogeneous Datasets", AAAI 2019. An
+attacker trains honestly, then uploads x - scale * (y - x): its update y - x times -scale
+(`attack.scale`, default 1). It needs only its own update, so it runs the same standalone,
+vectorized and as a distributed client process.
 """
 from __future__ import annotations
 
