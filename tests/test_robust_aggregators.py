@@ -16,7 +16,9 @@ import torch
 from fedplug.aggregators.krum import krum_scores
 from fedplug.cli import main
 from fedplug.config import load_config
+from fedplug.core.compose import CompositionError
 from fedplug.core.messages import RoundFacts, Upload
+from fedplug.core.plugin import Plugin
 from fedplug.errors import ConfigError
 from fedplug.run import checkpoint
 from fedplug.run.plan import build_plan, describe_plan
@@ -253,6 +255,21 @@ def test_refused_at_start_up(small_cfg, overrides: dict, message: str) -> None:
         build_plan(small_cfg(**overrides))
     if "*" not in message and "\\" not in message:
         assert message in str(err.value)
+
+
+class MyAggregator(Plugin):
+    name = "rb_my_aggregator"
+    roles = ("aggregator",)
+
+    def aggregate(self, uploads, facts):
+        return dict(uploads[0].params)
+
+
+def test_a_second_aggregator_is_refused(small_cfg, register) -> None:
+    register(MyAggregator)
+    with pytest.raises(CompositionError, match="rb_my_aggregator and median cannot be combined: both fill the "
+                                               "exclusive role 'aggregator'"):
+        build_plan(small_cfg(rb_my_aggregator__use=True, aggregator__rule="median"))
 
 
 @pytest.mark.parametrize("overrides", [

@@ -93,14 +93,15 @@ def stacked(uploads: list[Upload], name: str) -> torch.Tensor:
 
 
 def squared_distances(uploads: list[Upload]) -> torch.Tensor:
-    """(n, n) squared L2 distances between the uploads over all shared parameters, in float64. Distances of
-    uploads equal those of updates (upload - global): the global model cancels."""
+    """(n, n) squared L2 distances between the uploads over all shared parameters, summed in float64. Distances
+    of uploads equal those of updates (upload - global): the global model cancels."""
     n = len(uploads)
     total = torch.zeros(n, n, dtype=torch.float64)
     for name in uploads[0].params:
-        flat = stacked(uploads, name).reshape(n, -1).double()
-        for i in range(n):
-            total[i] += ((flat - flat[i]) ** 2).sum(1)
+        flat = stacked(uploads, name).reshape(n, -1)
+        # Each pair's differences directly, not through a Gram matrix: no cancellation, an exact 0 for equal
+        # uploads and an exactly symmetric matrix, so equal scores tie exactly.
+        total += torch.cdist(flat, flat, compute_mode="donot_use_mm_for_euclid_dist").double() ** 2
     return total
 
 

@@ -27,9 +27,9 @@ def trimmed_coordinates(values: torch.Tensor, weights: torch.Tensor, k: int) -> 
     """Per coordinate over the leading axis: the weighted mean of the values left after excluding the k
     largest and k smallest (ties in the order given). `weights` broadcasts against `values`."""
     n = values.shape[0]
-    order = torch.sort(values, dim=0, stable=True).indices[k: n - k]
-    kept = torch.gather(values, 0, order).double()
-    w = torch.gather(weights.expand(values.shape), 0, order)
+    ordered, order = torch.sort(values, dim=0, stable=True)
+    kept = ordered[k: n - k].double()
+    w = torch.gather(weights.expand(values.shape), 0, order[k: n - k])
     return ((kept * w).sum(0) / w.sum(0)).to(values.dtype)
 
 
