@@ -380,6 +380,18 @@ def test_with_fednova_and_different_step_counts(small_cfg) -> None:
     assert without_run_dir(run(rule_cfg(small_cfg, "multikrum", **epochs)), "method") != fednova
 
 
+@pytest.mark.parametrize("plugin, rule", [("ditto", "median"), ("pfedme", "bulyan"), ("fedem", "centeredclip"),
+                                          ("feddyn", "krum")])
+def test_with_personalization_and_server_transforms(small_cfg, plugin: str, rule: str) -> None:
+    """Client-side algorithms are untouched; pFedMe's beta and FedDyn's h apply to the robust aggregate."""
+    cfg = rule_cfg(small_cfg, rule, **{f"{plugin}__use": True})
+    result = run(cfg)
+    alone = run(small_cfg(**{f"{plugin}__use": True}, **{k: v for k, v in RULE_KEYS[rule].items()
+                                                         if k.startswith("federate")}))
+    assert result["method"].endswith("+" + build_plan(cfg).aggregator.method) and math.isfinite(result["val_loss"])
+    assert result["test_acc"] > 0.55 and result["val_loss"] != alone["val_loss"]
+
+
 @pytest.mark.parametrize("backend", ["sequential", "vectorized"])
 def test_centered_clipping_resumes_exactly(small_cfg, backend: str) -> None:
     cfg = rule_cfg(small_cfg, "centeredclip", fedopt__use=True, fedopt__optimizer__momentum=0.5, checkpoint__every=2,
