@@ -74,9 +74,6 @@ class RobustRule(Plugin):
     def describe_server(self) -> list[str]:
         return [f"{'aggregate':<19}{self.summary} (aggregator.rule {self.name}, f = {self.f}; every upload kept)"]
 
-    def aggregate(self, uploads: list[Upload], facts: RoundFacts) -> Params:
-        raise NotImplementedError
-
 
 def weighted_mean(uploads: list[Upload], facts: RoundFacts, params: list[Params] | None = None) -> Params:
     """The weighted mean of the uploads' parameters (or of `params`, one per upload) in the order given: the
