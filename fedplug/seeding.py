@@ -13,7 +13,9 @@ import torch
 MODEL_INIT = 0
 CLIENT_SAMPLING = 1
 CLIENT_TRAINING = 2
-DP_NOISE = 3  # the server's Gaussian noise of DP-FedAvg, per round
+ATTACKERS = 3  # the fixed set of attacking clients, drawn once per run
+ATTACK_NOISE = 4  # an attacker's noise in round r (seed, ATTACK_NOISE, r, client)
+DP_NOISE = 5  # the server's Gaussian noise of DP-FedAvg, per round
 
 
 def derive_seed(root: int, *path: int) -> int:

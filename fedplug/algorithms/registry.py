@@ -1,5 +1,6 @@
 """Algorithms by name: the built-ins (imported only when switched on), the user's (a decorator),
-and installed packages' (the `fedplug.algorithms` entry point group).
+and installed packages' (the `fedplug.algorithms` entry point group); the robust aggregation rule
+named by `aggregator.rule` (imported only when chosen).
 
     @register_algorithm
     class MyAlgo(Plugin):
@@ -15,6 +16,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 import fedplug.algorithms.schemas  # noqa: F401  (built-in config sections; no algorithm code)
+from fedplug.attacks.schemas import ATTACKS  # the attack section too; no attack code
 from fedplug.config import ConfigNode
 from fedplug.config.load import suggest
 from fedplug.config.schema import ROOT
@@ -33,6 +35,16 @@ BUILTIN = {
     "ditto": ("Ditto", "fedplug.algorithms.ditto:Ditto"),
     "fedem": ("FedEM", "fedplug.algorithms.fedem:FedEM"),
     "fedopt": ("FedOpt", "fedplug.algorithms.fedopt:FedOpt"),
+}
+# aggregator.rule -> implementation: the robust aggregation rules (role "aggregator"), imported only when chosen
+RULES = {
+    "krum": "fedplug.aggregators.krum:Krum",
+    "multikrum": "fedplug.aggregators.krum:Krum",
+    "median": "fedplug.aggregators.median:Median",
+    "trimmedmean": "fedplug.aggregators.trimmed_mean:TrimmedMean",
+    "bulyan": "fedplug.aggregators.bulyan:Bulyan",
+    "normbounding": "fedplug.aggregators.norm_bounding:NormBounding",
+    "centeredclip": "fedplug.aggregators.centered_clipping:CenteredClipping",
 }
 ENTRY_POINT_GROUP = "fedplug.algorithms"
 _registered: dict[str, type[Plugin]] = {}
@@ -106,4 +118,11 @@ def active_algorithms(cfg: ConfigNode) -> list[Plugin]:
     on |= {name for name in list(BUILTIN) + sorted(_registered) if cfg.get(f"{name}.use")}
     if cfg.personalization.local_param and "fedbn" not in on:
         on.add("fedbn")  # local parameters are FedBN's mechanism, also when named without fedbn.use
-    return [_class(name)(cfg) for name in list(BUILTIN) + sorted(_registered) if name in on]
+    plugins = [_class(name)(cfg) for name in list(BUILTIN) + sorted(_registered) if name in on]
+    if cfg.aggregator.rule in RULES:  # a robust rule: the plug-in holding the "aggregator" role, after the others
+        module, cls = RULES[cfg.aggregator.rule].split(":")
+        plugins.append(getattr(importlib.import_module(module), cls)(cfg))
+    if cfg.attack.type != "none":  # last: an attack changes what the algorithms' clients would send
+        module, cls = ATTACKS[cfg.attack.type].split(":")
+        plugins.append(getattr(importlib.import_module(module), cls)(cfg))
+    return plugins

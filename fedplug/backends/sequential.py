@@ -88,24 +88,24 @@ class SequentialBackend:
         if self.kept_names:
             self._kept[client] = self._read(self.kept_names)
         metrics = {k: result[k] for k in ("train_total", "train_steps", "train_loss")}
-        params, up = self._uploads(client, self.shared_parameters(), global_params, extras, metrics)
-        return {**result, "params": params, "extras": up}
+        params, uploads = self._uploads(client, round_num, self.shared_parameters(), global_params, extras, metrics)
+        return {**result, "params": params, "extras": uploads}
 
-    def _uploads(self, client: int, params: Params, received: Params, extras: dict[str, Params],
+    def _uploads(self, client: int, round_num: int, params: Params, received: Params, extras: dict[str, Params],
                  metrics: dict[str, float]) -> tuple[Params, dict[str, Params]]:
-        """What this client sends after its local update: the shared parameters as the plan's
-        `transform_upload`s leave them, and each plug-in's `client_upload` tensors."""
+        """What this client sends after its local update: the parameters (its model, unless a `transform_upload`
+        changes them, in plan order) and each plug-in's `client_upload` tensors (computed from its model)."""
         states = self.client_states(client)
         lr = self.cfg.train.optimizer.lr
 
-        def view(p: Plugin) -> LocalView:
-            return LocalView(params, received, extras.get(p.name, {}), states[p.name], lr, metrics)
+        def view(plugin: Plugin, current: Params) -> LocalView:
+            return LocalView(current, received, extras.get(plugin.name, {}), states[plugin.name], lr, metrics,
+                             client, round_num)
 
-        up = {p.name: p.client_upload(view(p)) for p in self.plan.with_method("client_upload")}
-        sent = params
+        uploads = {p.name: p.client_upload(view(p, params)) for p in self.plan.with_method("client_upload")}
         for plugin in self.plan.with_method("transform_upload"):
-            sent = plugin.transform_upload(sent, view(plugin))
-        return sent, up
+            params = plugin.transform_upload(params, view(plugin, params))
+        return params, uploads
 
     def train_cohort(self, clients: list[int], round_num: int, global_params: Params,
                      extras: dict[str, Params] | None = None) -> Iterator[Upload]:

@@ -206,8 +206,8 @@ class VectorizedBackend(SequentialBackend):
                 n = int(samples[i])
                 params = {name: cohort.params[name][i].detach() for name in self.shared_names}
                 metrics = {"train_total": n, "train_steps": int(steps[i]), "train_loss": float(loss_sum[i]) / max(n, 1)}
-                sent, up = self._uploads(client, params, global_params, extras, metrics)
-                yield Upload(client, sent, metrics, up)
+                params, uploads = self._uploads(client, round_num, params, global_params, extras, metrics)
+                yield Upload(client, params, metrics, uploads)
 
     def _gradient_point(self, cohort: Cohort, extras: dict[str, Params]) -> Gradient | None:
         """The plan's gradient transforms on stacked gradients, with each plug-in's client states stacked."""

@@ -76,6 +76,9 @@ def _flatten(tree: dict[str, Any], section: Section, prefix: str, source: str) -
         if entry is None and path in ALIASES:
             flat[ALIASES[path]] = value
             continue
+        if entry is None and isinstance(value, dict) and any(a.startswith(path + ".") for a in ALIASES):
+            flat.update(_flatten(value, Section(""), path + ".", source))  # aliases below a section we lack
+            continue
         if entry is None:
             raise ConfigError(f"unknown config key '{path}' in {source}.{suggest(path, all_keys)}")
         if isinstance(entry, Section):

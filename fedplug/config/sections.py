@@ -1,7 +1,10 @@
 """The core config sections, with FederatedScope's key names where they exist."""
 from __future__ import annotations
 
-from fedplug.config.schema import Key, Section, register_key, register_section
+from fedplug.config.schema import Key, Section, register_alias, register_key, register_section
+
+ROBUST_RULES = ("none", "fedavg", "krum", "multikrum", "median", "trimmedmean", "bulyan", "normbounding",
+                "centeredclip")  # aggregator.rule; fedplug/algorithms/registry.py maps each robust one to its file
 
 _positive = dict(check=lambda v: v > 0, check_msg="> 0")
 _non_negative = dict(check=lambda v: v >= 0, check_msg=">= 0")
@@ -40,11 +43,32 @@ register_section("federate", Section("the federation: rounds, clients, sampling"
     }),
 }))
 
-register_section("aggregator", Section("how the server combines the uploads of a round", {
+register_section("aggregator", Section("how the server combines the uploads of a round (robust rules: "
+                                         "docs/robustness.md)", {
     "weighting": Key("samples", "a client's aggregation weight: samples (processed in its local update; the reference "
                      "protocol's), uniform, or steps (local steps taken). A weighting plug-in (FedNova) sets it "
                      "itself", choices=("samples", "uniform", "steps")),
+    "rule": Key("none", "the aggregation rule: none (the streaming weighted mean; fedavg is the same) or a Byzantine-"
+                "robust rule, which keeps every upload of the round in memory", choices=ROBUST_RULES),
+    "byzantine_node_num": Key(0, "f, the Byzantine uploads per round the rule must withstand (Krum, Multi-Krum, "
+                              "Bulyan, median, trimmed mean, centered clipping)", **_non_negative),
+    "krum_agg_num": Key(0, "m, the uploads with the best Krum scores that are averaged; 0: 1 under krum, n - f under "
+                        "multikrum (n: uploads in the round)", **_non_negative),
+    "excluded_ratio": Key(0.0, "trimmed mean: beta, the fraction of values excluded at each end of every coordinate; "
+                          "at least f are", check=lambda v: 0 <= v < 0.5, check_msg="in [0, 0.5)"),
+    "norm_bound": Key(10.0, "norm bounding: each client's update (upload - global) is scaled down to this L2 norm",
+                      **_positive),
+    "clip_tau": Key(1.0, "centered clipping: tau, the L2 radius each update's distance to the center is clipped to",
+                    **_positive),
+    "clip_iters": Key(1, "centered clipping: L, clipping iterations per round", **_positive),
 }))
+# FederatedScope's spellings (its 0.3 sections and its later BFT_args)
+register_alias("aggregator.robust_rule", "aggregator.rule")
+register_alias("aggregator.krum.agg_num", "aggregator.krum_agg_num")
+register_alias("aggregator.BFT_args.krum_agg_num", "aggregator.krum_agg_num")
+register_alias("aggregator.trimmedmean.excluded_ratio", "aggregator.excluded_ratio")
+register_alias("aggregator.BFT_args.trimmedmean_excluded_ratio", "aggregator.excluded_ratio")
+register_alias("aggregator.normbounding.norm_bound", "aggregator.norm_bound")
 
 register_section("data", Section("the federated data set", {
     "type": Key("synthetic", "data set name; mnist_standin: real MNIST digits split like FEMNIST's writers "

@@ -82,6 +82,9 @@ class RoundFacts:
     received: list[int] = field(default_factory=list)  # in the order their uploads were folded in
     weights: dict[int, float] = field(default_factory=dict)  # client -> aggregation weight
     reduced: dict[str, Params] = field(default_factory=dict)  # plug-in -> its reduced `up` tensors
+    # Set by an aggregator that keeps only some uploads (Krum, Bulyan): the extras are then reduced over
+    # these clients alone, so an upload left out of the model is left out of the extras too.
+    selected: list[int] | None = None
 
     @property
     def total_weight(self) -> float:

@@ -16,6 +16,9 @@ A plug-in is switched on by `<name>.use: true` (or `federate.method`). It declar
   for the metrics records (DP's epsilon);
 - `local_parameters(names)`: parameter names that never travel (kept per client);
 - `wrap_model(model, make)`: for the plug-in with the "model" role, the model the clients train;
+- what a client sends: `transform_upload` (after `client_upload`: the parameters it uploads instead of its
+  model) and, in the standalone simulation only, `transform_uploads` (the round's uploads before the
+  aggregation); both serve the attacks (docs/robustness.md); `setup(num_clients)` once N is known;
 - per-client state: `self.state(ctx)` is this plug-in's own dict for the client being visited,
   kept between rounds by the runner (tensors only); `init_client_state` fills it at a first visit;
 - `vectorizes` and the `cohort_*` forms of its client hooks, for the vectorized backend
@@ -61,6 +64,8 @@ class LocalView:
     # gradient point (stacked in the vectorized backend), the store itself at upload (write into it)
     lr: float  # the client learning rate of the update
     metrics: dict[str, float] = field(default_factory=dict)  # at upload: train_total, train_steps, train_loss
+    client: int = -1  # at upload: the client's id (-1 at the gradient point)
+    round_num: int = 0  # at upload: the round (seeds a per-(round, client) generator, as training does)
 
 
 class Plugin:
@@ -117,9 +122,15 @@ class Plugin:
         return {}
 
     def transform_upload(self, params: Params, view: LocalView) -> Params:
-        """After every `client_upload`: the shared parameters this client sends, chained in plan order
-        (DP-FedAvg clips the update here, on the client). Return new tensors; never write `params`."""
+        """After every `client_upload`: the shared parameters this client sends instead of `params` (its final
+        model; an attacker's lie, docs/robustness.md; DP-FedAvg's clipped update, docs/privacy.md). Chained in plan
+        order; `view.client` names the client. Return new tensors; never write `params`."""
         return params
+
+    # -- start-up ------------------------------------------------------------------------------------
+    def setup(self, num_clients: int) -> None:
+        """Once N, the number of clients of the federation, is known: before the first round (the server) and
+        before the first task (a distributed client process; 0 there when it reads its own data file)."""
 
     # -- server side ---------------------------------------------------------------------------------
     def client_weight(self, upload: Upload) -> float:
@@ -130,6 +141,12 @@ class Plugin:
         """For the plug-in with the "aggregator" role: the round's aggregate from every upload (weights in
         `facts.weights`); the default, without one, is the streaming weighted mean."""
         raise NotImplementedError
+
+    def transform_uploads(self, uploads: list[Upload], facts: RoundFacts) -> list[Upload]:
+        """Standalone simulation only (a distributed run refuses a plug-in defining it): every upload of the round,
+        before any is folded in; returns the uploads to fold in their place. The point where colluding attackers
+        read the round's honest uploads (ALIE, IPM)."""
+        return uploads
 
     def receive(self, facts: RoundFacts) -> None:
         """After the aggregation: read this plug-in's reduced uploads (`facts.extras(self.name)`)."""

@@ -33,7 +33,7 @@ from fedplug.run import checkpoint
 from fedplug.run.evaluation import EVAL_SPLITS
 from fedplug.run.failpoint import failpoint
 from fedplug.run.fingerprint import fingerprint
-from fedplug.run.plan import build_plan
+from fedplug.run.plan import build_plan, check_distributable
 from fedplug.run.rounds import client_state_tree, split_client_state_tree
 
 logger = logging.getLogger("fedplug")
@@ -57,6 +57,7 @@ class ClientProcess:
     def __init__(self, cfg: ConfigNode, client_ids: list[int]) -> None:
         self.cfg, self.client_ids = cfg, client_ids
         self.plan = build_plan(cfg)
+        check_distributable(self.plan)
         self.fingerprint = fingerprint(cfg, self.plan)
         self.metadata = ((TOKEN_HEADER, token(cfg)),)
         d = cfg.distribute
@@ -72,6 +73,8 @@ class ClientProcess:
             if bad:
                 raise UserError(f"--client-id {bad[0]}: the {self.data.name} data have clients 0..{self.num_clients - 1}")
         check_fits(cfg, self.data)
+        for plugin in self.plan.with_method("setup"):
+            plugin.setup(self.num_clients)  # 0 with its own data file: N unknown here
         self.backend = SequentialBackend(cfg, build_model(cfg, self.data.input_shape, self.plan), self.plan, self.data)
         shared = self.backend.shared_parameters()
         self.layout = protocol.layout(shared)  # EVALUATE: the global parameters

@@ -64,16 +64,18 @@ def _stop(procs: list[subprocess.Popen]) -> None:
 
 def launch(cfg: ConfigNode, cfg_file: str | None, overrides: list[str], resume: Path | None) -> int:
     from fedplug.run.outputs import make_run_dir
-    from fedplug.run.plan import build_plan
+    from fedplug.run.plan import build_plan, check_distributable
     from fedplug.run.tracking import check_tracking
 
     check_tracking(cfg)  # before any process starts
+    plan = build_plan(cfg)
+    check_distributable(plan)
     d = cfg.distribute
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if not d.token and not env.get(d.token_env):
         env[d.token_env] = secrets.token_hex(16)  # loopback only: a secret for this launch alone
     port = d.server_port or free_port(d.server_host)
-    run_dir = resume or make_run_dir(cfg, build_plan(cfg).label)
+    run_dir = resume or make_run_dir(cfg, plan.label)
     state_dir = d.state_dir or str(run_dir / "clients")
     base = [sys.executable, "-m", "fedplug"]
     config = (["--cfg", cfg_file] if cfg_file else []) + list(overrides) + [f"distribute.server_port={port}"]

@@ -29,7 +29,7 @@ from fedplug.run import checkpoint
 from fedplug.run.evaluation import EVAL_SPLITS
 from fedplug.run.fingerprint import fingerprint
 from fedplug.run.outputs import make_run_dir, setup_logging
-from fedplug.run.plan import build_plan
+from fedplug.run.plan import build_plan, check_distributable
 from fedplug.run.rounds import RoundKeeper
 from fedplug.run.simulation import finish_run, torch_threads
 from fedplug.run.tracking import check_tracking
@@ -49,6 +49,7 @@ class Coordinator:
         self.started = time.perf_counter()
         self.cfg, self.resume = cfg, resume
         self.plan = build_plan(cfg)
+        check_distributable(self.plan)
         check_tracking(cfg)  # a tracker switched on without its package: refused before any work
         self.fingerprint = fingerprint(cfg, self.plan)
         self.token = token(cfg)

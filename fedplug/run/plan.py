@@ -5,11 +5,21 @@ import torch
 
 from fedplug.algorithms.registry import active_algorithms
 from fedplug.config import ConfigNode
-from fedplug.core.compose import Plan, compose
+from fedplug.core.compose import CompositionError, Plan, compose
 
 
 def build_plan(cfg: ConfigNode) -> Plan:
     return compose(active_algorithms(cfg), cfg.aggregator.weighting)
+
+
+def check_distributable(plan: Plan) -> None:
+    """A distributed run cannot serve `transform_uploads`: no process there sees other clients' uploads."""
+    simulated = plan.with_method("transform_uploads")
+    if simulated:
+        who = simulated[0].method or simulated[0].name
+        raise CompositionError(f"{who} reads every client's upload of a round before the aggregation "
+                               "(transform_uploads), which only the standalone simulation does: a distributed "
+                               "server hands no client the others' uploads. Run it standalone (fedplug --cfg ...)")
 
 
 def describe_plan(plan: Plan, cfg: ConfigNode | None = None) -> str:
@@ -35,6 +45,8 @@ def describe_plan(plan: Plan, cfg: ConfigNode | None = None) -> str:
     if uploads:
         lines.append("client upload point (after the local update, before sending, in this order):")
         lines += [f"  transform_upload [{p.name}]" for p in uploads]
+    lines += [f"server, standalone only, before the aggregation: transform_uploads [{p.name}]"
+              for p in plan.with_method("transform_uploads")]
     lines += _travel_lines(plan)
     lines.append("server (in this order):")
     lines += [f"  {text} [{owner}]" for text, owner in _server_lines(plan)]

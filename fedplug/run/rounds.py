@@ -43,6 +43,8 @@ class RoundKeeper:
         self.per_round = clients_per_round(cfg, num_clients)
         self.global_params = global_params
         self.messages = plan.messages(global_params)  # what travels besides the model, by plug-in
+        for plugin in plan.with_method("setup"):
+            plugin.setup(num_clients)  # before the first round (an attack refuses client ids outside 0..N-1)
         self.stopper = EarlyStopper(cfg.early_stop.patience, cfg.early_stop.delta)
         self.rounds_run = 0
         self.records: list[dict[str, Any]] = []

@@ -14,12 +14,15 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 
 from fedplug.backends import build_backend
 from fedplug.config import ConfigNode
+from fedplug.core.compose import Plan
+from fedplug.core.messages import RoundFacts, Upload
+from fedplug.core.params import Params
 from fedplug.data import build_data
 from fedplug.models import build_model, check_fits
 from fedplug.run.early_stop import EarlyStopper
@@ -88,7 +91,8 @@ def _run(cfg: ConfigNode, run_dir: Path | None, resume: bool) -> dict[str, Any]:
         for round_num in keeper.rounds():
             sampled = keeper.sample(round_num)
             aggregation, extras = keeper.begin_round(round_num, sampled)
-            for upload in backend.train_cohort(sampled, round_num, keeper.global_params, extras):
+            uploads = backend.train_cohort(sampled, round_num, keeper.global_params, extras)
+            for upload in transformed_uploads(plan, uploads, aggregation.facts):
                 aggregation.add(upload)  # read at once: the tensors may be views the backend reuses
             # Aggregation, evaluation, early stopping and checkpoints: shared with the distributed server.
             stop = keeper.end_round(round_num, aggregation,
@@ -102,6 +106,23 @@ def _run(cfg: ConfigNode, run_dir: Path | None, resume: bool) -> dict[str, Any]:
     keeper.close()
     return finish_run(cfg, plan.label, run_dir, keeper.records, keeper.stopper, keeper.rounds_run,
                       time.perf_counter() - started, keeper.tracking, keeper.report())
+
+
+def transformed_uploads(plan: Plan, uploads: Iterable[Upload], facts: RoundFacts) -> Iterable[Upload]:
+    """The uploads to fold in: as they come, or, when a plug-in defines `transform_uploads` (colluding attackers
+    that read the round's honest uploads; simulation only), all of them copied, then transformed in plan order."""
+    points = plan.with_method("transform_uploads")
+    if not points:
+        return uploads
+    kept = [Upload(u.client, _copied(u.params), dict(u.metrics), {p: _copied(e) for p, e in u.extras.items()})
+            for u in uploads]  # copies: the backend reuses its tensors for the next client
+    for plugin in points:
+        kept = plugin.transform_uploads(kept, facts)
+    return kept
+
+
+def _copied(tensors: Params) -> Params:
+    return {n: t.detach().clone() for n, t in tensors.items()}
 
 
 def finish_run(cfg: ConfigNode, label: str, run_dir: Path, records: list[dict], stopper: EarlyStopper,

@@ -3,8 +3,8 @@
 Shared by the simulation and the distributed server, so both fold the same uploads in the same
 order into the same sums. Per upload: its weight (the plan's weighting), the aggregate (the
 streaming weighted mean, or every upload kept for an aggregator plug-in), each declared extra
-tensor's reduction, and the train loss (always weighted by samples processed: it is a figure of
-the data, not of the aggregation).
+tensor's reduction (again over the uploads an aggregator selected, when it selects: Krum), and the
+train loss (always weighted by samples processed: it is a figure of the data, not of the aggregation).
 """
 from __future__ import annotations
 
@@ -71,4 +71,19 @@ class RoundAggregation:
                               for plugin, reductions in self.reductions.items()}
         if self.mean is not None:
             return self.mean.result()
-        return self.plan.aggregator.aggregate(self.kept, self.facts)
+        aggregate = self.plan.aggregator.aggregate(self.kept, self.facts)
+        if self.facts.selected is not None:  # the aggregator kept only these uploads: so do the extras
+            chosen = set(self.facts.selected)
+            self.facts.reduced = self._reduce([u for u in self.kept if u.client in chosen])
+        return aggregate
+
+    def _reduce(self, uploads: list[Upload]) -> dict[str, Params]:
+        """The declared reductions of the extras over `uploads`, folded in the order given."""
+        out = {}
+        for plugin, ups in self.declared.items():
+            reductions = {name: Reduction(up.reduction) for name, up in ups.items()}
+            for upload in uploads:
+                for name, reduction in reductions.items():
+                    reduction.add(upload.extras[plugin][name], self.facts.weights[upload.client])
+            out[plugin] = {name: r.result() for name, r in reductions.items()}
+        return out

@@ -1,0 +1,113 @@
+"""What the robust rules share: the config they read, the start-up check of the round size, and
+the tensor helpers (pairwise distances, norms, the weighted mean).
+
+Weights: where a rule averages (Multi-Krum's selection, the values a trimmed mean or Bulyan keeps,
+the clipped updates of norm bounding and centered clipping), it averages with the round's
+aggregation weights (`aggregator.weighting`, or a weighting plug-in such as FedNova), so that a rule
+that excludes nothing is FedAvg; the papers' uniform mean is `aggregator.weighting uniform`. Order
+statistics (the median, the Krum scores, what is trimmed) count each upload once: a client's own
+sample count, which it reports, cannot buy it a larger share there.
+
+Extras (tensors plug-ins send up, e.g. SCAFFOLD's delta c_i, FedNova's normalizers) keep their
+declared reduction. A rule that selects uploads (Krum, Multi-Krum, Bulyan) sets `facts.selected`,
+and the extras are reduced over the selected clients only; the coordinate-wise and clipping rules
+keep no client out, so the extras are reduced over every upload.
+"""
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from fedplug.config import ConfigNode
+from fedplug.core.messages import RoundFacts, Upload
+from fedplug.core.plugin import Params, Plugin
+from fedplug.errors import ConfigError
+from fedplug.server.aggregation import WeightedMean
+from fedplug.server.sampling import clients_per_round
+
+
+def clients_from_config(cfg: ConfigNode) -> int:
+    """N when the config alone tells it (Synthetic's generator, or federate.client_num), else 0. The check
+    made with it can only refuse what the check with the data's N refuses too: a smaller N samples fewer."""
+    if cfg.data.type == "synthetic":
+        n = cfg.data.synthetic.num_clients
+        return min(cfg.federate.client_num, n) if cfg.federate.client_num else n
+    return cfg.federate.client_num
+
+
+class RobustRule(Plugin):
+    """Base of the rules; a rule gives `method`, `refusal(n)`, `aggregate` and its `describe_server` text."""
+
+    roles = ("aggregator",)
+    vectorizes = True  # server side only: cohorts train as with the mean
+    summary: ClassVar[str] = ""  # what the rule does, for `fedplug plan`
+
+    def __init__(self, cfg: ConfigNode) -> None:
+        self.cfg, self.section = cfg, cfg.aggregator  # the rule's keys live in the core section `aggregator`
+        self.name = cfg.aggregator.rule  # the plug-in's name is the rule's: `fedplug plan` shows who set it
+        self.f: int = cfg.aggregator.byzantine_node_num
+        known = clients_from_config(cfg)
+        if known:
+            self.setup(known)  # refused before any work when the config tells N
+
+    def refusal(self, n: int) -> str:
+        """Why the rule cannot aggregate n uploads ('' when it can)."""
+        return ""
+
+    def setup(self, num_clients: int) -> None:
+        """Refuse a round size the rule cannot serve: the sampled count, or in distributed mode the fewest
+        uploads a round may aggregate (federate.min_received_num), when that is fewer."""
+        if num_clients <= 0:  # a distributed client process: the server checks
+            return
+        fed = self.cfg.federate
+        n = clients_per_round(self.cfg, num_clients)
+        where = f"{n} clients sampled per round"
+        if fed.mode == "distributed" and fed.min_received_num < n:
+            n, where = fed.min_received_num, (f"a distributed round of federate.min_received_num {fed.min_received_num} "
+                                              "uploads")
+        why = self.refusal(n)
+        if why:
+            raise ConfigError(f"aggregator.rule {self.name} cannot aggregate {where}: {why} "
+                              f"(f = aggregator.byzantine_node_num {self.f})")
+
+    def describe_server(self) -> list[str]:
+        return [f"{'aggregate':<19}{self.summary} (aggregator.rule {self.name}, f = {self.f}; every upload kept)"]
+
+
+def weighted_mean(uploads: list[Upload], facts: RoundFacts, params: list[Params] | None = None) -> Params:
+    """The weighted mean of the uploads' parameters (or of `params`, one per upload) in the order given: the
+    server's own streaming mean, so that selecting every upload is FedAvg bit for bit."""
+    mean = WeightedMean(facts.previous_global)
+    for i, upload in enumerate(uploads):
+        mean.add(upload.params if params is None else params[i], facts.weights[upload.client])
+    return mean.result()
+
+
+def stacked(uploads: list[Upload], name: str) -> torch.Tensor:
+    """One parameter of every upload, on a leading client axis."""
+    return torch.stack([u.params[name] for u in uploads])
+
+
+def squared_distances(uploads: list[Upload]) -> torch.Tensor:
+    """(n, n) squared L2 distances between the uploads over all shared parameters, summed in float64. Distances
+    of uploads equal those of updates (upload - global): the global model cancels."""
+    n = len(uploads)
+    total = torch.zeros(n, n, dtype=torch.float64)
+    for name in uploads[0].params:
+        flat = stacked(uploads, name).reshape(n, -1)
+        # Each pair's differences directly, not through a Gram matrix: no cancellation, an exact 0 for equal
+        # uploads and an exactly symmetric matrix, so equal scores tie exactly.
+        total += torch.cdist(flat, flat, compute_mode="donot_use_mm_for_euclid_dist").double() ** 2
+    return total
+
+
+def norm(tensors: Params) -> float:
+    """L2 norm over every tensor of a dict, in float64."""
+    return float(torch.sqrt(sum((t.double() ** 2).sum() for t in tensors.values())))
+
+
+def weights_of(uploads: list[Upload], facts: RoundFacts, like: torch.Tensor) -> torch.Tensor:
+    """The uploads' aggregation weights as a (n, 1, ..., 1) tensor that broadcasts against a stacked parameter."""
+    w = torch.tensor([facts.weights[u.client] for u in uploads], dtype=torch.float64)
+    return w.reshape((len(uploads),) + (1,) * (like.dim() - 1))
