@@ -23,6 +23,7 @@ import pathlib
 import shutil
 import tempfile
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -158,20 +159,55 @@ def _save(folder: pathlib.Path, params: SyntheticParams, data: dict[str, SplitAr
             else:  # the same bytes, written by numpy in 16 MiB pieces that move the bar
                 _atomic_write(folder, name, lambda f, a=arr: np.save(_Counting(f, progress), a, allow_pickle=False))
             file_sizes[name] = (folder / name).stat().st_size
-    meta = {"version": GENERATOR_VERSION, "params": dataclasses.asdict(params), "file_sizes": file_sizes}
+    names = sorted(file_sizes)
+    meta = {"version": GENERATOR_VERSION, "params": dataclasses.asdict(params), "file_sizes": file_sizes,
+            "sha256": dict(zip(names, _digests([folder / n for n in names])))}
     # meta.json goes last: its presence marks the folder as complete.
     _atomic_write(folder, "meta.json", lambda f: f.write(json.dumps(meta, indent=1).encode()))
 
 
+def _sha256(path: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 24):
+            digest.update(block)  # releases the GIL: files hash in parallel threads
+    return digest.hexdigest()
+
+
+def _digests(paths: list[pathlib.Path]) -> list[str]:
+    """SHA-256 of each file, one thread per core (1.87 GB: docs/data.md gives the time)."""
+    with ThreadPoolExecutor(max_workers=min(len(paths), os.cpu_count() or 1)) as pool:
+        return list(pool.map(_sha256, paths))
+
+
+# Folders whose files were hashed in this process, keyed by each file's (inode, size, mtime): a folder is
+# verified once per process, and again if any file is rewritten since (the tests corrupt files in place).
+_verified: set[tuple] = set()
+
+
+def _verify(folder: pathlib.Path, expected: dict[str, str]) -> None:
+    """Raise ValueError naming the first file whose content does not match its SHA-256 in meta.json."""
+    names = sorted(expected)
+    stamp = (str(folder), *((s.st_ino, s.st_size, s.st_mtime_ns) for s in ((folder / n).stat() for n in names)))
+    if stamp in _verified:
+        return
+    for name, actual in zip(names, _digests([folder / n for n in names])):
+        if actual != expected[name]:
+            raise ValueError(f"{folder / name}: content differs from its SHA-256 in meta.json")
+    _verified.add(stamp)
+
+
 def _load(folder: pathlib.Path, params: SyntheticParams) -> dict[str, SplitArrays] | None:
     """Return the cached arrays, or None if the folder is untrusted. Raises ValueError
-    naming the bad file when a file is truncated or corrupt."""
+    naming the bad file when a file is truncated or corrupt (checked against meta.json's sizes and SHA-256)."""
     try:
         meta = json.loads((folder / "meta.json").read_text())
     except (OSError, ValueError):
         return None  # missing or half-written meta: the folder is not complete
     if meta.get("version") != GENERATOR_VERSION or meta.get("params") != dataclasses.asdict(params):
         return None
+    if set(meta.get("sha256", {})) != {f"{s}_{f}.npy" for s in SPLITS for f in _ARRAYS}:
+        raise ValueError(f"{folder / 'meta.json'}: no SHA-256 of every file (written by an older fedplug?)")
     out = {}
     for split in SPLITS:
         loaded = {}
@@ -188,6 +224,10 @@ def _load(folder: pathlib.Path, params: SyntheticParams) -> dict[str, SplitArray
         if arrays.offsets[-1] != len(arrays.x) or len(arrays.y) != len(arrays.x):
             raise ValueError(f"{folder / split}_*.npy: inconsistent shapes")
         out[split] = arrays
+    try:
+        _verify(folder, meta["sha256"])
+    except OSError as exc:
+        raise ValueError(str(exc)) from exc
     return out
 
 
@@ -200,7 +240,7 @@ def load_or_generate(params: SyntheticParams, cache_dir: pathlib.Path) -> dict[s
         if cached is not None:
             return cached
     except ValueError as exc:
-        logger.warning("corrupt synthetic cache file %s; regenerating", exc)
+        logger.warning("untrusted synthetic cache: %s; regenerating it", exc)
         shutil.rmtree(folder, ignore_errors=True)
     size = expected_bytes(params)
     logger.info("Synthetic data: generating %d clients once and caching them in %s (%s; data.root or "
