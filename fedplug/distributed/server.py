@@ -30,7 +30,7 @@ from fedplug.run.evaluation import EVAL_SPLITS
 from fedplug.run.fingerprint import fingerprint
 from fedplug.run.outputs import make_run_dir, setup_logging
 from fedplug.run.plan import build_plan
-from fedplug.run.rounds import RoundKeeper
+from fedplug.run.rounds import RoundKeeper, report_finished
 from fedplug.run.simulation import finish_run, torch_threads
 from fedplug.run.tracking import check_tracking
 
@@ -40,6 +40,8 @@ FINISH_GRACE_SECONDS = 5.0  # how long the server stays up for clients to hear t
 
 def serve(cfg: ConfigNode, run_dir: Path | None = None, resume: bool = False) -> dict[str, Any]:
     """Run the federation as its server; returns the same summary as a standalone run."""
+    if resume and run_dir is not None and (done := report_finished(run_dir)) is not None:
+        return done
     with torch_threads(cfg.threads):
         return Coordinator(cfg, run_dir, resume).run()
 
@@ -170,7 +172,7 @@ class Coordinator:
                 break
         keeper.close()
         return finish_run(self.cfg, self.plan.label, self.run_dir, keeper.records, keeper.stopper, keeper.rounds_run,
-                          time.perf_counter() - self.started, keeper.tracking)
+                          time.perf_counter() - self.started, keeper.tracking, keeper.diverged)
 
     def _exchange(self, kind: int, round_num: int, clients: list[int], tensors: Params | None,
                   check: Any, consume: Any = None) -> dict[int, Any]:

@@ -21,12 +21,14 @@ import torch
 from fedplug.backends import build_backend
 from fedplug.config import ConfigNode
 from fedplug.data import build_data
+from fedplug.errors import RunDiverged
 from fedplug.models import build_model, check_fits
 from fedplug.run.early_stop import EarlyStopper
 from fedplug.run.evaluation import EVAL_SPLITS
 from fedplug.run.outputs import make_run_dir, plot_client_accuracy, plot_learning_curve, progress, setup_logging
 from fedplug.run.plan import build_plan
-from fedplug.run.rounds import RoundKeeper, client_state_tree, read_client_records, split_client_state_tree
+from fedplug.run.rounds import (SUMMARY_FILE, RoundKeeper, client_state_tree, read_client_records, report_finished,
+                                split_client_state_tree)
 from fedplug.run.tracking import Tracking, check_tracking
 from fedplug.server.sampling import clients_per_round
 
@@ -58,6 +60,8 @@ def run(cfg: ConfigNode, run_dir: Path | None = None, resume: bool = False) -> d
 
 def _run(cfg: ConfigNode, run_dir: Path | None, resume: bool) -> dict[str, Any]:
     started = time.perf_counter()
+    if resume and run_dir is not None and (done := report_finished(run_dir)) is not None:
+        return done
     plan = build_plan(cfg)  # refuses impossible combinations before any work
     check_tracking(cfg)  # and a tracker switched on without its package
     run_dir = run_dir or make_run_dir(cfg, plan.label)
@@ -101,13 +105,15 @@ def _run(cfg: ConfigNode, run_dir: Path | None, resume: bool) -> dict[str, Any]:
         bar.close()
     keeper.close()
     return finish_run(cfg, plan.label, run_dir, keeper.records, keeper.stopper, keeper.rounds_run,
-                      time.perf_counter() - started, keeper.tracking)
+                      time.perf_counter() - started, keeper.tracking, keeper.diverged)
 
 
 def finish_run(cfg: ConfigNode, label: str, run_dir: Path, records: list[dict], stopper: EarlyStopper,
-               rounds_run: int, seconds: float, tracking: Tracking | None = None) -> dict[str, Any]:
+               rounds_run: int, seconds: float, tracking: Tracking | None = None,
+               diverged: str | None = None) -> dict[str, Any]:
     """Write summary.json, the learning curve and the client accuracies at the best round; hand them to
-    the trackers; the final result (standalone run or distributed server)."""
+    the trackers; the final result (standalone run or distributed server). A diverged run (`diverged`: what
+    and where) writes all of these, then raises RunDiverged."""
     best = stopper.best_metrics
     result = {
         "method": label,
@@ -122,8 +128,8 @@ def finish_run(cfg: ConfigNode, label: str, run_dir: Path, records: list[dict], 
         "early_stopped": stopper.should_stop,
         "run_dir": str(run_dir),
     }
-    summary = {**result, "seconds": round(seconds, 2), "best": best}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary = {**result, "seconds": round(seconds, 2), "best": best, **({"diverged": diverged} if diverged else {})}
+    (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     if records:
         title = f"{label} on {cfg.data.type} (seed {cfg.seed})"
         plot_learning_curve(records, run_dir / "learning_curve.png", title, stopper.best_round)
@@ -137,4 +143,7 @@ def finish_run(cfg: ConfigNode, label: str, run_dir: Path, records: list[dict], 
         tracking.finish(run_dir, result)
     logger.info("best round %s: weighted test accuracy %.2f%% (%.1f s)", stopper.best_round,
                 100 * (result["test_acc"] or 0.0), seconds)
+    if diverged:
+        raise RunDiverged(f"{diverged}; lower train.optimizer.lr or clip the gradients (grad.grad_clip); what was "
+                          f"measured is in {run_dir}")
     return result
