@@ -29,6 +29,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from fedplug.errors import DataError
+
 logger = logging.getLogger("fedplug.data")
 
 GENERATOR_VERSION = "fedem-synthetic-v1"
@@ -243,6 +245,7 @@ def load_or_generate(params: SyntheticParams, cache_dir: pathlib.Path) -> dict[s
         logger.warning("untrusted synthetic cache: %s; regenerating it", exc)
         shutil.rmtree(folder, ignore_errors=True)
     size = expected_bytes(params)
+    _check_writable(folder, size)  # before the generation's seconds, not after
     logger.info("Synthetic data: generating %d clients once and caching them in %s (%s; data.root or "
                 "$FEDPLUG_CACHE moves it); later runs load them", params.num_clients, folder, human_bytes(size))
     bar = _bar(params.num_clients, "generating Synthetic", "client")
@@ -250,10 +253,30 @@ def load_or_generate(params: SyntheticParams, cache_dir: pathlib.Path) -> dict[s
     if bar is not None:
         bar.close()
     bar = _bar(sum(getattr(a, f).nbytes for a in data.values() for f in _ARRAYS), "caching Synthetic", "B")
-    _save(folder, params, data, progress=None if bar is None else bar.update)
-    if bar is not None:
-        bar.close()
+    try:
+        _save(folder, params, data, progress=None if bar is None else bar.update)
+    except OSError as err:
+        shutil.rmtree(folder, ignore_errors=True)  # no half cache taking the space
+        raise DataError(f"cannot write the Synthetic cache {err.filename or folder} ({err.strerror}); free "
+                        f"{human_bytes(size)} there or set data.root (or $FEDPLUG_CACHE) to another folder") from None
+    finally:
+        if bar is not None:
+            bar.close()
     return data
+
+
+def _check_writable(folder: pathlib.Path, size: int) -> None:
+    """Refuse a cache folder that cannot be created or lacks room for `size` bytes, with a sentence saying so."""
+    where = "set data.root (or $FEDPLUG_CACHE) to another folder"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+        free = shutil.disk_usage(folder).free
+    except OSError as err:
+        raise DataError(f"cannot write the Synthetic cache in {folder} ({err.strerror}); {where}") from None
+    if free < size:
+        raise DataError(f"the Synthetic cache needs {human_bytes(size)} but {folder} has {human_bytes(free)} free; "
+                        f"free some space or {where}")
 
 
 def expected_bytes(params: SyntheticParams) -> int:

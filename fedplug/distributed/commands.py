@@ -28,7 +28,10 @@ def client_ids(text: str) -> list[int]:
     try:
         for part in filter(None, text.split(",")):
             low, _, high = part.partition("-")
-            ids.update(range(int(low), int(high or low) + 1))
+            first, last = int(low), int(high or low)
+            if last < first:
+                raise UserError(f"--client-id {text!r}: the range {part} runs backwards; write {last}-{first}")
+            ids.update(range(first, last + 1))
     except ValueError:
         raise UserError(f"--client-id {text!r}: expected K, K1,K2,... or A-B") from None
     if not ids:

@@ -125,8 +125,11 @@ def save(path: Path, tensors: Params, meta: Nested) -> None:
             file.flush()
             os.fsync(file.fileno())
         os.replace(temp, path)
-    except BaseException:
+    except BaseException as err:
         Path(temp).unlink(missing_ok=True)
+        if isinstance(err, OSError):  # a full disk, say: a sentence, and the previous checkpoint stays
+            raise UserError(f"cannot write the checkpoint {path} ({err.strerror}); the previous checkpoint, if any, "
+                            f"is intact; free some space, then `fedplug --resume {path.parent}`") from None
         raise
     directory = os.open(path.parent, os.O_RDONLY)
     try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,11 +22,12 @@ import torch
 from fedplug.backends import build_backend
 from fedplug.config import ConfigNode
 from fedplug.data import build_data
-from fedplug.errors import RunDiverged
+from fedplug.errors import RunDiverged, UserError
 from fedplug.models import build_model, check_fits
 from fedplug.run.early_stop import EarlyStopper
 from fedplug.run.evaluation import EVAL_SPLITS
-from fedplug.run.outputs import make_run_dir, plot_client_accuracy, plot_learning_curve, progress, setup_logging
+from fedplug.run.outputs import (close_logging, make_run_dir, plot_client_accuracy, plot_learning_curve, progress,
+                                 setup_logging)
 from fedplug.run.plan import build_plan
 from fedplug.run.rounds import (SUMMARY_FILE, RoundKeeper, client_state_tree, read_client_records, report_finished,
                                 split_client_state_tree)
@@ -64,14 +66,21 @@ def _run(cfg: ConfigNode, run_dir: Path | None, resume: bool) -> dict[str, Any]:
         return done
     plan = build_plan(cfg)  # refuses impossible combinations before any work
     check_tracking(cfg)  # and a tracker switched on without its package
+    new_dir = run_dir is None
     run_dir = run_dir or make_run_dir(cfg, plan.label)
     setup_logging(run_dir)
-    data = build_data(cfg)
-    check_fits(cfg, data)
-    model = build_model(cfg, data.input_shape, plan)
-    backend = build_backend(cfg, model, plan, data)  # federate.backend: sequential or vectorized
+    try:
+        data = build_data(cfg)
+        check_fits(cfg, data)
+        model = build_model(cfg, data.input_shape, plan)
+        backend = build_backend(cfg, model, plan, data)  # federate.backend: sequential or vectorized
+        per_round = clients_per_round(cfg, data.num_clients)
+    except UserError:
+        if new_dir:  # refused before the first round: leave no almost empty run folder behind
+            close_logging()
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     num_clients, fed = data.num_clients, cfg.federate
-    per_round = clients_per_round(cfg, num_clients)
     logger.info("run folder %s", run_dir)
     logger.info("%s on %s: %d clients, %d per round, %d rounds", plan.label, data.name, num_clients, per_round,
                 fed.total_round_num)
