@@ -65,6 +65,9 @@ def cmd_client(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     ids = client_ids(args.client_id)
     cfg = _load(args)
+    from fedplug.run.outputs import close_logging
+
+    close_logging()  # a client logs to stderr only (no run folder): not to handlers an earlier run left
     logger = logging.getLogger("fedplug")
     logger.setLevel(logging.INFO)
     handler = logging.StreamHandler(sys.stderr)
