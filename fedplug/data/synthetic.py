@@ -243,7 +243,9 @@ def load_or_generate(params: SyntheticParams, cache_dir: pathlib.Path) -> dict[s
             return cached
     except ValueError as exc:
         logger.warning("untrusted synthetic cache: %s; regenerating it", exc)
-        shutil.rmtree(folder, ignore_errors=True)
+        # Not rmtree: another process may be reading or rewriting the folder. Without meta.json it is trusted
+        # by nobody until the new files (the same bytes, renamed into place one by one) and meta.json are written.
+        (folder / "meta.json").unlink(missing_ok=True)
     size = expected_bytes(params)
     _check_writable(folder, size)  # before the generation's seconds, not after
     logger.info("Synthetic data: generating %d clients once and caching them in %s (%s; data.root or "
