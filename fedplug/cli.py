@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import errno
 import json
 import os
 import re
@@ -28,6 +29,7 @@ from typing import Callable
 from fedplug.errors import UserError
 
 EXIT_USER_ERROR = 2
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR}
 NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 HELP_WORDS = ("-h", "--help", "help")
 
@@ -322,6 +324,13 @@ def main(argv: list[str] | None = None) -> int:
         return command(argv)
     except UserError as err:
         print(f"fedplug: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as err:
+        if err.errno not in WRITE_ERRNOS:
+            raise
+        # A full disk or an unwritable folder met while a run writes (checkpoint, plot, metrics): not a bug.
+        print(f"fedplug: error: cannot write {err.filename or 'a file'}: {err.strerror}; free some space or give "
+              f"outdir (data.root for the data cache) a writable folder", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("fedplug: interrupted", file=sys.stderr)

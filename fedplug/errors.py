@@ -11,3 +11,7 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """Missing, corrupt or inconsistent data."""
+
+
+class RunDiverged(UserError):
+    """The training loss or the global model became NaN or infinite: the run stopped there."""

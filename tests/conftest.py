@@ -70,3 +70,27 @@ def register():
     for name in added:
         ROOT.entries.pop(name, None)
         registry._registered.pop(name, None)
+
+
+@pytest.fixture
+def rewind(monkeypatch):
+    """Keeps each checkpoint as it is written; `rewind(run_dir, round)` then puts that round's back and removes
+    summary.json: the finished run becomes one killed after that checkpoint, to be resumed."""
+    from fedplug.run.rounds import RoundKeeper
+
+    kept: dict[tuple[Path, int], bytes] = {}
+    save = RoundKeeper.save
+
+    def save_and_keep(keeper: RoundKeeper, round_num: int) -> None:
+        save(keeper, round_num)
+        kept[(keeper.run_dir, round_num)] = keeper.checkpoint_path.read_bytes()
+
+    monkeypatch.setattr(RoundKeeper, "save", save_and_keep)
+
+    def to(run_dir: Path, round_num: int) -> None:
+        from fedplug.run.checkpoint import CHECKPOINT_FILE
+
+        (run_dir / CHECKPOINT_FILE).write_bytes(kept[(run_dir, round_num)])
+        (run_dir / "summary.json").unlink()
+
+    return to

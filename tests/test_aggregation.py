@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fedplug.errors import ConfigError
 from fedplug.server.aggregation import WeightedMean
 from fedplug.server.sampling import clients_per_round, sample_clients
 
@@ -51,4 +52,5 @@ def test_clients_per_round(small_cfg) -> None:
     assert clients_per_round(small_cfg(federate__sample_client_rate=0.2), 300) == 60
     assert clients_per_round(small_cfg(federate__sample_client_rate=0.001), 300) == 1
     assert clients_per_round(small_cfg(federate__sample_client_num=7), 300) == 7
-    assert clients_per_round(small_cfg(federate__sample_client_num=700), 300) == 300
+    with pytest.raises(ConfigError, match="federate.sample_client_num is 700 but there are 300 clients"):
+        clients_per_round(small_cfg(federate__sample_client_num=700), 300)  # refused, not clamped

@@ -84,6 +84,7 @@ def test_killed_mid_checkpoint_write_and_resumed_equals_uninterrupted(small_cfg,
 def test_resume_refuses_another_config(small_cfg, tmp_path: Path) -> None:
     cfg = small_cfg(**{"checkpoint.every": 2, "federate.total_round_num": 4})
     result = run(cfg)
+    (Path(result["run_dir"]) / "summary.json").unlink()  # as if killed after its last checkpoint
     other = small_cfg(**{"checkpoint.every": 2, "federate.total_round_num": 4, "train.optimizer.lr": 0.2})
     with pytest.raises(UserError, match="train.optimizer.lr"):
         run(other, Path(result["run_dir"]), resume=True)
@@ -106,12 +107,13 @@ def test_checkpoint_file_round_trips_and_has_no_pickle(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("backend", ["sequential", "vectorized"])
-def test_resuming_from_the_last_checkpoint_repeats_the_end_exactly(small_cfg, backend: str) -> None:
+def test_resuming_from_the_last_checkpoint_repeats_the_end_exactly(small_cfg, backend: str, rewind) -> None:
     """In-process and cheap: the checkpoint of round 4 of 6, resumed, gives the same last rounds."""
     cfg = small_cfg(**{"checkpoint.every": 2, "eval.freq": 1, "federate.backend": backend, **ALL_STATE})
     first = run(cfg)
     run_dir = Path(first["run_dir"])
     before = (run_dir / "metrics.jsonl").read_text()
-    assert checkpoint.load(run_dir / checkpoint.CHECKPOINT_FILE)[1]["round"] == 4
+    assert checkpoint.load(run_dir / checkpoint.CHECKPOINT_FILE)[1]["round"] == 6  # the end is checkpointed too
+    rewind(run_dir, 4)
     again = run(cfg, run_dir, resume=True)
     assert again == first and (run_dir / "metrics.jsonl").read_text() == before

@@ -80,13 +80,14 @@ def test_alpha_zero_is_fedavg_bit_for_bit_and_alpha_on_is_not(small_cfg) -> None
 
 
 @pytest.mark.parametrize("backend", ["sequential", "vectorized"])
-def test_resume_restores_h_and_every_grad_k(small_cfg, backend: str) -> None:
+def test_resume_restores_h_and_every_grad_k(small_cfg, backend: str, rewind) -> None:
     """Uniform weighting (the paper's): then h = (1/N) * sum over every client of grad_k (never visited: 0)."""
     cfg = small_cfg(feddyn__use=True, feddyn__alpha=0.1, aggregator__weighting="uniform", checkpoint__every=2,
                     eval__freq=1, federate__backend=backend)
     first = run(cfg)
     run_dir = Path(first["run_dir"])
     before = (run_dir / "metrics.jsonl").read_text()
+    rewind(run_dir, 4)
     tensors, meta = checkpoint.load(run_dir / checkpoint.CHECKPOINT_FILE)
     assert meta["round"] == 4
     h = checkpoint.unflatten(tensors, "server/feddyn/h/")

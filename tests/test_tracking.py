@@ -79,7 +79,7 @@ def test_tensorboard_holds_every_metric_and_the_client_histogram(small_cfg) -> N
 
 
 @needs_tensorboard
-def test_tensorboard_of_a_resumed_run_is_one_history_in_the_same_folder(small_cfg) -> None:
+def test_tensorboard_of_a_resumed_run_is_one_history_in_the_same_folder(small_cfg, rewind) -> None:
     """Run without TensorBoard; resume from round 4 with it on (the history so far is written first);
     resume from round 4 again (what the first resume wrote after round 4 is purged): each round once."""
     cfg = small_cfg(**{"checkpoint.every": 2, "eval.freq": 1})
@@ -88,6 +88,7 @@ def test_tensorboard_of_a_resumed_run_is_one_history_in_the_same_folder(small_cf
     assert not (run_dir / "tensorboard").exists()
     on = small_cfg(**{"checkpoint.every": 2, "eval.freq": 1, "tracking.tensorboard": True})
     for attempt in (1, 2):
+        rewind(run_dir, 4)
         assert run(on, run_dir, resume=True) == first
         assert len(list((run_dir / "tensorboard").glob("events.out.tfevents.*"))) == attempt
         assert_tensorboard_equals_run_folder(run_dir)  # rounds 1..6, each once
@@ -155,7 +156,8 @@ def test_mlflow_run_holds_config_metrics_and_artifacts(small_cfg, mlflow_store, 
 
 
 @needs_mlflow
-def test_mlflow_resumed_run_is_a_new_run_with_the_whole_history(small_cfg, mlflow_store, monkeypatch) -> None:
+def test_mlflow_resumed_run_is_a_new_run_with_the_whole_history(small_cfg, mlflow_store, monkeypatch,
+                                                                rewind) -> None:
     uri, folder = mlflow_store
     monkeypatch.chdir(folder)
     cfg = small_cfg(**{"checkpoint.every": 2, "eval.freq": 1, "tracking.mlflow": True, "tracking.mlflow_uri": uri,
@@ -164,6 +166,7 @@ def test_mlflow_resumed_run_is_a_new_run_with_the_whole_history(small_cfg, mlflo
     run_dir = Path(first["run_dir"])
     client, (interrupted,) = mlflow_run(uri, "resume", run_dir)
     client.update_run(interrupted.info.run_id, status="RUNNING")  # as a run killed mid-way leaves it
+    rewind(run_dir, 4)
     assert run(cfg, run_dir, resume=True) == first
     client, (old, new) = mlflow_run(uri, "resume", run_dir)
     assert old.info.run_id == interrupted.info.run_id and old.info.status == "KILLED"

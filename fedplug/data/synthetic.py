@@ -23,10 +23,13 @@ import pathlib
 import shutil
 import tempfile
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
+
+from fedplug.errors import DataError
 
 logger = logging.getLogger("fedplug.data")
 
@@ -158,20 +161,55 @@ def _save(folder: pathlib.Path, params: SyntheticParams, data: dict[str, SplitAr
             else:  # the same bytes, written by numpy in 16 MiB pieces that move the bar
                 _atomic_write(folder, name, lambda f, a=arr: np.save(_Counting(f, progress), a, allow_pickle=False))
             file_sizes[name] = (folder / name).stat().st_size
-    meta = {"version": GENERATOR_VERSION, "params": dataclasses.asdict(params), "file_sizes": file_sizes}
+    names = sorted(file_sizes)
+    meta = {"version": GENERATOR_VERSION, "params": dataclasses.asdict(params), "file_sizes": file_sizes,
+            "sha256": dict(zip(names, _digests([folder / n for n in names])))}
     # meta.json goes last: its presence marks the folder as complete.
     _atomic_write(folder, "meta.json", lambda f: f.write(json.dumps(meta, indent=1).encode()))
 
 
+def _sha256(path: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 24):
+            digest.update(block)  # releases the GIL: files hash in parallel threads
+    return digest.hexdigest()
+
+
+def _digests(paths: list[pathlib.Path]) -> list[str]:
+    """SHA-256 of each file, one thread per core (1.87 GB: docs/data.md gives the time)."""
+    with ThreadPoolExecutor(max_workers=min(len(paths), os.cpu_count() or 1)) as pool:
+        return list(pool.map(_sha256, paths))
+
+
+# Folders whose files were hashed in this process, keyed by each file's (inode, size, mtime): a folder is
+# verified once per process, and again if any file is rewritten since (the tests corrupt files in place).
+_verified: set[tuple] = set()
+
+
+def _verify(folder: pathlib.Path, expected: dict[str, str]) -> None:
+    """Raise ValueError naming the first file whose content does not match its SHA-256 in meta.json."""
+    names = sorted(expected)
+    stamp = (str(folder), *((s.st_ino, s.st_size, s.st_mtime_ns) for s in ((folder / n).stat() for n in names)))
+    if stamp in _verified:
+        return
+    for name, actual in zip(names, _digests([folder / n for n in names])):
+        if actual != expected[name]:
+            raise ValueError(f"{folder / name}: content differs from its SHA-256 in meta.json")
+    _verified.add(stamp)
+
+
 def _load(folder: pathlib.Path, params: SyntheticParams) -> dict[str, SplitArrays] | None:
     """Return the cached arrays, or None if the folder is untrusted. Raises ValueError
-    naming the bad file when a file is truncated or corrupt."""
+    naming the bad file when a file is truncated or corrupt (checked against meta.json's sizes and SHA-256)."""
     try:
         meta = json.loads((folder / "meta.json").read_text())
     except (OSError, ValueError):
         return None  # missing or half-written meta: the folder is not complete
     if meta.get("version") != GENERATOR_VERSION or meta.get("params") != dataclasses.asdict(params):
         return None
+    if set(meta.get("sha256", {})) != {f"{s}_{f}.npy" for s in SPLITS for f in _ARRAYS}:
+        raise ValueError(f"{folder / 'meta.json'}: no SHA-256 of every file (written by an older fedplug?)")
     out = {}
     for split in SPLITS:
         loaded = {}
@@ -188,6 +226,10 @@ def _load(folder: pathlib.Path, params: SyntheticParams) -> dict[str, SplitArray
         if arrays.offsets[-1] != len(arrays.x) or len(arrays.y) != len(arrays.x):
             raise ValueError(f"{folder / split}_*.npy: inconsistent shapes")
         out[split] = arrays
+    try:
+        _verify(folder, meta["sha256"])
+    except OSError as exc:
+        raise ValueError(str(exc)) from exc
     return out
 
 
@@ -200,9 +242,12 @@ def load_or_generate(params: SyntheticParams, cache_dir: pathlib.Path) -> dict[s
         if cached is not None:
             return cached
     except ValueError as exc:
-        logger.warning("corrupt synthetic cache file %s; regenerating", exc)
-        shutil.rmtree(folder, ignore_errors=True)
+        logger.warning("untrusted synthetic cache: %s; regenerating it", exc)
+        # Not rmtree: another process may be reading or rewriting the folder. Without meta.json it is trusted
+        # by nobody until the new files (the same bytes, renamed into place one by one) and meta.json are written.
+        (folder / "meta.json").unlink(missing_ok=True)
     size = expected_bytes(params)
+    _check_writable(folder, size)  # before the generation's seconds, not after
     logger.info("Synthetic data: generating %d clients once and caching them in %s (%s; data.root or "
                 "$FEDPLUG_CACHE moves it); later runs load them", params.num_clients, folder, human_bytes(size))
     bar = _bar(params.num_clients, "generating Synthetic", "client")
@@ -210,10 +255,30 @@ def load_or_generate(params: SyntheticParams, cache_dir: pathlib.Path) -> dict[s
     if bar is not None:
         bar.close()
     bar = _bar(sum(getattr(a, f).nbytes for a in data.values() for f in _ARRAYS), "caching Synthetic", "B")
-    _save(folder, params, data, progress=None if bar is None else bar.update)
-    if bar is not None:
-        bar.close()
+    try:
+        _save(folder, params, data, progress=None if bar is None else bar.update)
+    except OSError as err:
+        shutil.rmtree(folder, ignore_errors=True)  # no half cache taking the space
+        raise DataError(f"cannot write the Synthetic cache {err.filename or folder} ({err.strerror}); free "
+                        f"{human_bytes(size)} there or set data.root (or $FEDPLUG_CACHE) to another folder") from None
+    finally:
+        if bar is not None:
+            bar.close()
     return data
+
+
+def _check_writable(folder: pathlib.Path, size: int) -> None:
+    """Refuse a cache folder that cannot be created or lacks room for `size` bytes, with a sentence saying so."""
+    where = "set data.root (or $FEDPLUG_CACHE) to another folder"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+        free = shutil.disk_usage(folder).free
+    except OSError as err:
+        raise DataError(f"cannot write the Synthetic cache in {folder} ({err.strerror}); {where}") from None
+    if free < size:
+        raise DataError(f"the Synthetic cache needs {human_bytes(size)} but {folder} has {human_bytes(free)} free; "
+                        f"free some space or {where}")
 
 
 def expected_bytes(params: SyntheticParams) -> int:

@@ -106,7 +106,10 @@ class ClientProcess:
         request = pb.JoinRequest(protocol_version=PROTOCOL_VERSION, fingerprint=self.fingerprint, client_id=client,
                                  input_shape=list(self.data.input_shape), num_classes=self.data.num_classes,
                                  num_clients=self.num_clients)
-        reply = self._call("Join", request, pb.JoinReply, self.cfg.distribute.join_timeout, wait=True)
+        d = self.cfg.distribute
+        logger.info("client %d: joining the server at %s:%d (retrying for up to distribute.join_timeout, %s s)",
+                    client, d.server_host, d.server_port, d.join_timeout)
+        reply = self._call("Join", request, pb.JoinReply, d.join_timeout, wait=True)
         if reply.resume_round:
             self._load_state(client, reply.resume_round)
         logger.info("client %d joined %s:%d", client, self.cfg.distribute.server_host, self.cfg.distribute.server_port)

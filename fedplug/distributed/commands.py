@@ -28,7 +28,10 @@ def client_ids(text: str) -> list[int]:
     try:
         for part in filter(None, text.split(",")):
             low, _, high = part.partition("-")
-            ids.update(range(int(low), int(high or low) + 1))
+            first, last = int(low), int(high or low)
+            if last < first:
+                raise UserError(f"--client-id {text!r}: the range {part} runs backwards; write {last}-{first}")
+            ids.update(range(first, last + 1))
     except ValueError:
         raise UserError(f"--client-id {text!r}: expected K, K1,K2,... or A-B") from None
     if not ids:
@@ -62,6 +65,9 @@ def cmd_client(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     ids = client_ids(args.client_id)
     cfg = _load(args)
+    from fedplug.run.outputs import close_logging
+
+    close_logging()  # a client logs to stderr only (no run folder): not to handlers an earlier run left
     logger = logging.getLogger("fedplug")
     logger.setLevel(logging.INFO)
     handler = logging.StreamHandler(sys.stderr)

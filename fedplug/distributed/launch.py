@@ -7,6 +7,7 @@ and stops every process it started when it ends, fails, or is interrupted (Ctrl-
 """
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -65,9 +66,13 @@ def _stop(procs: list[subprocess.Popen]) -> None:
 def launch(cfg: ConfigNode, cfg_file: str | None, overrides: list[str], resume: Path | None) -> int:
     from fedplug.run.outputs import make_run_dir
     from fedplug.run.plan import build_plan, check_distributable
+    from fedplug.run.rounds import report_finished
     from fedplug.run.tracking import check_tracking
 
     check_tracking(cfg)  # before any process starts
+    if resume is not None and (done := report_finished(resume)) is not None:
+        print(json.dumps(done), flush=True)
+        return 0
     plan = build_plan(cfg)
     check_distributable(plan)
     d = cfg.distribute

@@ -9,6 +9,7 @@ as the simulation does), skip the round when fewer than `federate.min_received_n
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from concurrent import futures
 from pathlib import Path
@@ -30,7 +31,7 @@ from fedplug.run.evaluation import EVAL_SPLITS
 from fedplug.run.fingerprint import fingerprint
 from fedplug.run.outputs import make_run_dir, setup_logging
 from fedplug.run.plan import build_plan, check_distributable
-from fedplug.run.rounds import RoundKeeper
+from fedplug.run.rounds import RoundKeeper, report_finished
 from fedplug.run.simulation import finish_run, torch_threads
 from fedplug.run.tracking import check_tracking
 
@@ -40,8 +41,25 @@ FINISH_GRACE_SECONDS = 5.0  # how long the server stays up for clients to hear t
 
 def serve(cfg: ConfigNode, run_dir: Path | None = None, resume: bool = False) -> dict[str, Any]:
     """Run the federation as its server; returns the same summary as a standalone run."""
+    if resume and run_dir is not None and (done := report_finished(run_dir)) is not None:
+        return done
+    check_port_free(cfg.distribute.server_host, cfg.distribute.server_port)  # before a run folder is made
     with torch_threads(cfg.threads):
         return Coordinator(cfg, run_dir, resume).run()
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a port another process listens on. SO_REUSEADDR as gRPC sets it: a port in TIME_WAIT is free."""
+    if port == 0:
+        return
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as err:
+        raise UserError(f"cannot listen on {host}:{port} ({err.strerror}): another process uses it, or it is not "
+                        f"an address of this host; set distribute.server_port (0: any free port)") from None
 
 
 class Coordinator:
@@ -127,12 +145,17 @@ class Coordinator:
         d = self.cfg.distribute
         # Every client holds one worker in its long poll: room for all of them, and for the other calls.
         workers = self.num_clients or (self.cfg.data.synthetic.num_clients if self.cfg.data.type == "synthetic" else 256)
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers + 16), options=grpc_options(self.cfg))
+        # SO_REUSEPORT off: otherwise a second server on a port in use binds too and the two share the clients.
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers + 16),
+                             options=[*grpc_options(self.cfg), ("grpc.so_reuseport", 0)])
         service = FederationService(self.token, message_limit(self.cfg), self.check_join, self.mailbox)
         server.add_generic_rpc_handlers((service.handler(),))
         address = f"{d.server_host}:{d.server_port}"
         credentials = server_credentials(self.cfg)
-        port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+        try:
+            port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+        except RuntimeError:  # newer gRPC raises where older returned 0
+            port = 0
         if port == 0:
             raise UserError(f"cannot listen on {address} (in use, or not an address of this host)")
         server.start()
@@ -171,7 +194,8 @@ class Coordinator:
                 break
         keeper.close()
         return finish_run(self.cfg, self.plan.label, self.run_dir, keeper.records, keeper.stopper, keeper.rounds_run,
-                          time.perf_counter() - self.started, keeper.tracking, keeper.report())
+                          time.perf_counter() - self.started, keeper.tracking, keeper.report(),
+                          keeper.diverged)
 
     def _exchange(self, kind: int, round_num: int, clients: list[int], tensors: Params | None,
                   check: Any, consume: Any = None) -> dict[int, Any]:

@@ -19,10 +19,14 @@ def check_fits(cfg: ConfigNode, data: FederatedData) -> None:
         raise ConfigError(f"model.out_channels is {cfg.model.out_channels} but the {data.name} data have "
                           f"{data.num_classes} classes; set model.out_channels {data.num_classes}")
     tokens = not data.splits["train"].x.dtype.is_floating_point
-    if tokens != (cfg.model.type == "lstm"):
-        wanted = "lstm" if tokens else "lr or convnet2"
-        raise ConfigError(f"model.type {cfg.model.type} cannot read the {data.name} data "
-                          f"({'character windows' if tokens else 'feature vectors'}); use model.type {wanted}")
+    size = math.prod(data.input_shape)
+    image = not tokens and math.isqrt(size) ** 2 == size and math.isqrt(size) >= 4  # ConvNet2 pools twice by 2
+    kind = "character windows" if tokens else "square images" if image else f"vectors of {size} features"
+    fits = {"lstm": tokens, "lr": not tokens, "convnet2": image}
+    if not fits.get(cfg.model.type, True):
+        wanted = "lstm" if tokens else "lr or convnet2" if image else "lr"
+        raise ConfigError(f"model.type {cfg.model.type} cannot read the {data.name} data ({kind}); "
+                          f"use model.type {wanted}")
 
 
 def build_model(cfg: ConfigNode, input_shape: tuple[int, ...], plan: Plan | None = None) -> nn.Module:

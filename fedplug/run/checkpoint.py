@@ -7,9 +7,14 @@ state) as JSON in the file's metadata. Nothing is pickled, so reading a checkpoi
 Writing goes to a temporary file in the same folder, is flushed to disk, then renamed over the old
 checkpoint (`os.replace` is atomic on POSIX): a crash at any point leaves either the previous
 checkpoint or the new one, never a torn file.
+
+The metadata carries a SHA-256 of the tensors (names, dtypes, shapes, bytes) and of the rest of the
+metadata: a checkpoint changed after it was written (weights randomised or scaled, rounds or
+metrics edited) is refused on load instead of silently continuing from it.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -24,7 +29,7 @@ from fedplug.errors import UserError
 from fedplug.run.failpoint import failpoint
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the content hash in the metadata
 Nested = dict[str, Any]  # name -> tensor or nested dict of the same
 
 
@@ -89,6 +94,17 @@ def _header(tensors: Params, meta: Nested) -> bytes:
     return len(text).to_bytes(8, "little") + text
 
 
+def content_hash(tensors: Params, meta: Nested) -> str:
+    """SHA-256 of the tensors in name order (name, dtype, shape, bytes) and of the JSON metadata."""
+    digest = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(json.dumps([name, DTYPES[tensor.dtype], list(tensor.shape)]).encode())
+        if tensor.numel():
+            digest.update(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+    return digest.hexdigest()
+
+
 def save(path: Path, tensors: Params, meta: Nested) -> None:
     """Write `tensors` and the JSON-able `meta` to `path` as safetensors, atomically.
 
@@ -96,6 +112,7 @@ def save(path: Path, tensors: Params, meta: Nested) -> None:
     can be most of the process's memory), into a temporary file that is then renamed.
     """
     tensors = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
+    meta = {**meta, "sha256": content_hash(tensors, meta)}
     handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as file:
@@ -108,8 +125,11 @@ def save(path: Path, tensors: Params, meta: Nested) -> None:
             file.flush()
             os.fsync(file.fileno())
         os.replace(temp, path)
-    except BaseException:
+    except BaseException as err:
         Path(temp).unlink(missing_ok=True)
+        if isinstance(err, OSError):  # a full disk, say: a sentence, and the previous checkpoint stays
+            raise UserError(f"cannot write the checkpoint {path} ({err.strerror}); the previous checkpoint, if any, "
+                            f"is intact; free some space, then `fedplug --resume {path.parent}`") from None
         raise
     directory = os.open(path.parent, os.O_RDONLY)
     try:
@@ -130,6 +150,10 @@ def load(path: Path) -> tuple[Params, Nested]:
             tensors = {name: file.get_tensor(name) for name in file.keys()}
     except Exception as err:  # noqa: BLE001  (a damaged file is the user's problem to hear about, not a crash)
         raise UserError(f"cannot read the checkpoint {path}: {err}") from None
-    if meta.get("format") != FORMAT_VERSION:
-        raise UserError(f"checkpoint {path} has format {meta.get('format')}, this fedplug reads {FORMAT_VERSION}")
+    if meta.pop("format", None) != FORMAT_VERSION:
+        raise UserError(f"checkpoint {path} is not of format {FORMAT_VERSION}, the one this fedplug reads; "
+                        f"start the run again")
+    if meta.pop("sha256", None) != content_hash(tensors, meta):
+        raise UserError(f"checkpoint {path} was changed after it was written (its content no longer matches the "
+                        f"SHA-256 in its metadata); resume from an intact copy or start the run again")
     return tensors, meta

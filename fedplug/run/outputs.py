@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from fedplug.config import ConfigNode, dump_config
+from fedplug.errors import UserError
 
 logger = logging.getLogger("fedplug")
 
@@ -23,17 +24,26 @@ def make_run_dir(cfg: ConfigNode, label: str) -> Path:
     run_dir, n = base, 1
     while run_dir.exists():
         run_dir, n = Path(f"{base}_{n}"), n + 1
-    run_dir.mkdir(parents=True)
-    (run_dir / "config.yaml").write_text(dump_config(cfg))
+    try:
+        run_dir.mkdir(parents=True)
+        (run_dir / "config.yaml").write_text(dump_config(cfg))
+    except OSError as err:
+        raise UserError(f"cannot create the run folder {run_dir} ({err.strerror}: {err.filename}); set outdir to a "
+                        f"writable folder") from None
     return run_dir
+
+
+def close_logging() -> None:
+    """Detach and close the log's handlers (run.log included)."""
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
 
 
 def setup_logging(run_dir: Path) -> None:
     """INFO and above to `run.log` and to stderr (stdout is kept for the final JSON line)."""
     logger.setLevel(logging.INFO)
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
+    close_logging()
     file_handler = logging.FileHandler(run_dir / "run.log")
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     stream = logging.StreamHandler(sys.stderr)
@@ -110,7 +120,7 @@ def learning_curve_figure(records: list[dict[str, Any]], title: str, best_round:
 
 def plot_learning_curve(records: list[dict[str, Any]], path: Path, title: str, best_round: int | None) -> None:
     """learning_curve.png: see learning_curve_figure."""
-    learning_curve_figure(records, title, best_round).savefig(path, dpi=100)
+    save_png(learning_curve_figure(records, title, best_round), path)
 
 
 def client_accuracy_figure(clients: dict[str, Any], title: str, record: dict[str, Any] | None = None,
@@ -144,7 +154,17 @@ def client_accuracy_figure(clients: dict[str, Any], title: str, record: dict[str
 def plot_client_accuracy(clients: dict[str, Any], path: Path, title: str, record: dict[str, Any] | None = None,
                          best: bool = True) -> None:
     """client_accuracy.png: see client_accuracy_figure."""
-    client_accuracy_figure(clients, title, record, best).savefig(path, dpi=100)
+    save_png(client_accuracy_figure(clients, title, record, best), path)
+
+
+def save_png(fig, path: Path) -> None:
+    """Write `fig` to `path`; a failed write (full disk) is one sentence naming the file, and no half PNG stays."""
+    try:
+        fig.savefig(path, dpi=100)
+    except OSError as err:
+        path.unlink(missing_ok=True)
+        raise UserError(f"cannot write {path} ({err.strerror}); free some space (the run's other files are "
+                        f"written) and plot it again from metrics.jsonl") from None
 
 
 def progress(total: int, desc: str):

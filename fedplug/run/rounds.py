@@ -8,10 +8,15 @@ bit, and a run resumed from a checkpoint continues exactly where the checkpoint 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import math
+import sys
 from pathlib import Path
 from typing import Any, Callable
+
+import torch
 
 from fedplug.config import ConfigNode
 from fedplug.core.compose import Plan
@@ -31,6 +36,7 @@ from fedplug.server.sampling import clients_per_round, sample_clients
 
 logger = logging.getLogger("fedplug")
 CLIENTS_FILE = "clients.jsonl"  # one line per evaluation: each client's test accuracy, loss and samples
+SUMMARY_FILE = "summary.json"  # written when a run ends: its presence marks a finished run
 Evaluate = Callable[[Params], dict[str, list[dict[str, Any]]]]  # global params -> per split, per client
 
 
@@ -54,6 +60,7 @@ class RoundKeeper:
         self.load_client_state: Callable[[dict[str, Any], int], None] = lambda state, round_num: None
         self.metrics: MetricsLog | None = None
         self.clients: MetricsLog | None = None
+        self.diverged: str | None = None  # what went NaN or infinite, and in which round; the run stops there
         self.tracking = Tracking([])  # TensorBoard, MLflow: started by open(), finished by finish_run
 
     # -- the rounds ----------------------------------------------------------------------------
@@ -98,8 +105,11 @@ class RoundKeeper:
         else:
             logger.warning("round %d: no client result; the global model stays", round_num)
         self.rounds_run = round_num
+        self.diverged = self._divergence(round_num, aggregation)
         stop = False
-        if round_num % self.cfg.eval.freq == 0 or round_num == self.cfg.federate.total_round_num:
+        # A diverged round is evaluated too, so that its NaN or infinite figures are on record.
+        if (round_num % self.cfg.eval.freq == 0 or round_num == self.cfg.federate.total_round_num
+                or self.diverged is not None):
             results = evaluate(self.global_params)
             record = {"round": round_num, "train_loss": aggregation.train_loss, **pool(results),
                       **self.plan.report(aggregation.facts)}
@@ -113,8 +123,12 @@ class RoundKeeper:
             if stop:
                 logger.info("early stop at round %d: no better val loss for %d evaluations", round_num,
                             self.stopper.patience)
+        if self.diverged is not None:
+            logger.error("%s; the run stops here", self.diverged)
+            return True  # no checkpoint of a diverged model: the previous one stays the one to resume from
         every = self.cfg.checkpoint.every
-        if every and round_num % every == 0 and not stop and round_num < self.cfg.federate.total_round_num:
+        # Also at the run's end (last round or early stop): the final model and state are kept.
+        if every and (round_num % every == 0 or stop or round_num == self.cfg.federate.total_round_num):
             self.save(round_num)
         return stop
 
@@ -122,6 +136,17 @@ class RoundKeeper:
         """The plug-ins' figures after the rounds run so far (DP's epsilon), for the summary and final line."""
         facts = RoundFacts(self.rounds_run, self.num_clients, tuple(self.sample(self.rounds_run)), self.global_params)
         return self.plan.report(facts)
+
+    def _divergence(self, round_num: int, aggregation: RoundAggregation) -> str | None:
+        """A sentence when the round's training loss or the new global model is NaN or infinite, else None."""
+        loss = aggregation.train_loss
+        if not aggregation.empty and not math.isfinite(loss):
+            return f"the run diverged in round {round_num}: the clients' training loss is {loss}"
+        bad = sorted(name for name, t in self.global_params.items()
+                     if t.is_floating_point() and not bool(torch.isfinite(t).all()))
+        if bad:
+            return f"the run diverged in round {round_num}: the global model's {', '.join(bad)} hold NaN or infinite values"
+        return None
 
     def close(self) -> None:
         for log in (self.metrics, self.clients):
@@ -138,17 +163,26 @@ class RoundKeeper:
         tree = {"global": self.global_params, "rng": rng_tensors, "clients": self.save_client_state(round_num),
                 "server": {p.name: p.server_state() for p in self.plan.plugins}}
         s = self.stopper
-        meta = {"round": round_num, "records": self.records, "rng": rng_meta,
+        meta = {"round": round_num, "records": self.records, "rng": rng_meta, "config_sha256": self._config_hash(),
                 "early_stop": {"best_round": s.best_round, "best_value": s.best_value, "best_metrics": s.best_metrics,
                                "evals_without_improvement": s.evals_without_improvement}}
         checkpoint.save(self.checkpoint_path, checkpoint.flatten(tree), meta)
         logger.info("checkpoint at round %d: %s", round_num, self.checkpoint_path)
 
+    def _config_hash(self) -> str | None:
+        """SHA-256 of the run folder's config.yaml, recorded in each checkpoint (None: no such file)."""
+        path = self.run_dir / "config.yaml"
+        return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
     def _restore(self) -> None:
         from fedplug.config import load_config
 
-        check_same_run(self.cfg, load_config(self.run_dir / "config.yaml"), str(self.run_dir))
         tensors, meta = checkpoint.load(self.checkpoint_path)
+        if meta.get("config_sha256") != self._config_hash():
+            raise UserError(f"cannot resume {self.run_dir}: its config.yaml was changed after the checkpoint was "
+                            f"written (SHA-256 differs from the one in {self.checkpoint_path.name}); put the original "
+                            f"back, or start a new run with the new config")
+        check_same_run(self.cfg, load_config(self.run_dir / "config.yaml"), str(self.run_dir))
         missing = set(self.global_params) - set(checkpoint.unflatten(tensors, "global/"))
         if missing:
             raise UserError(f"checkpoint {self.checkpoint_path} lacks parameters {sorted(missing)}")
@@ -162,6 +196,24 @@ class RoundKeeper:
         for name, value in meta["early_stop"].items():
             setattr(self.stopper, name, value)
         logger.info("resumed from the checkpoint at round %d (%s)", self.rounds_run, self.checkpoint_path)
+
+
+def finished_result(run_dir: Path) -> dict[str, Any] | None:
+    """A finished run's final result (its summary.json, less `seconds` and `best`), else None."""
+    path = run_dir / SUMMARY_FILE
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    return {k: v for k, v in summary.items() if k not in ("seconds", "best")}
+
+
+def report_finished(run_dir: Path) -> dict[str, Any] | None:
+    """`--resume` of a finished run: say so on stderr and return its result (nothing is run or written)."""
+    done = finished_result(run_dir)
+    if done is not None:
+        print(f"fedplug: {run_dir} is a finished run ({done.get('rounds_run')} rounds, {SUMMARY_FILE}); nothing to "
+              f"resume, nothing changed", file=sys.stderr, flush=True)
+    return done
 
 
 def read_client_records(run_dir: Path, rounds: list[int] | None = None) -> list[dict[str, Any]]:

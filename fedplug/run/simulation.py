@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -24,12 +25,15 @@ from fedplug.core.compose import Plan
 from fedplug.core.messages import RoundFacts, Upload
 from fedplug.core.params import Params
 from fedplug.data import build_data
+from fedplug.errors import RunDiverged, UserError
 from fedplug.models import build_model, check_fits
 from fedplug.run.early_stop import EarlyStopper
 from fedplug.run.evaluation import EVAL_SPLITS
-from fedplug.run.outputs import make_run_dir, plot_client_accuracy, plot_learning_curve, progress, setup_logging
+from fedplug.run.outputs import (close_logging, make_run_dir, plot_client_accuracy, plot_learning_curve, progress,
+                                 setup_logging)
 from fedplug.run.plan import build_plan
-from fedplug.run.rounds import RoundKeeper, client_state_tree, read_client_records, split_client_state_tree
+from fedplug.run.rounds import (SUMMARY_FILE, RoundKeeper, client_state_tree, read_client_records, report_finished,
+                                split_client_state_tree)
 from fedplug.run.tracking import Tracking, check_tracking
 from fedplug.server.sampling import clients_per_round
 
@@ -61,16 +65,25 @@ def run(cfg: ConfigNode, run_dir: Path | None = None, resume: bool = False) -> d
 
 def _run(cfg: ConfigNode, run_dir: Path | None, resume: bool) -> dict[str, Any]:
     started = time.perf_counter()
+    if resume and run_dir is not None and (done := report_finished(run_dir)) is not None:
+        return done
     plan = build_plan(cfg)  # refuses impossible combinations before any work
     check_tracking(cfg)  # and a tracker switched on without its package
+    new_dir = run_dir is None
     run_dir = run_dir or make_run_dir(cfg, plan.label)
     setup_logging(run_dir)
-    data = build_data(cfg)
-    check_fits(cfg, data)
-    model = build_model(cfg, data.input_shape, plan)
-    backend = build_backend(cfg, model, plan, data)  # federate.backend: sequential or vectorized
+    try:
+        data = build_data(cfg)
+        check_fits(cfg, data)
+        model = build_model(cfg, data.input_shape, plan)
+        backend = build_backend(cfg, model, plan, data)  # federate.backend: sequential or vectorized
+        per_round = clients_per_round(cfg, data.num_clients)
+    except UserError:
+        if new_dir:  # refused before the first round: leave no almost empty run folder behind
+            close_logging()
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     num_clients, fed = data.num_clients, cfg.federate
-    per_round = clients_per_round(cfg, num_clients)
     logger.info("run folder %s", run_dir)
     logger.info("%s on %s: %d clients, %d per round, %d rounds", plan.label, data.name, num_clients, per_round,
                 fed.total_round_num)
@@ -105,7 +118,8 @@ def _run(cfg: ConfigNode, run_dir: Path | None, resume: bool) -> dict[str, Any]:
         bar.close()
     keeper.close()
     return finish_run(cfg, plan.label, run_dir, keeper.records, keeper.stopper, keeper.rounds_run,
-                      time.perf_counter() - started, keeper.tracking, keeper.report())
+                      time.perf_counter() - started, keeper.tracking, keeper.report(),
+                      keeper.diverged)
 
 
 def transformed_uploads(plan: Plan, uploads: Iterable[Upload], facts: RoundFacts) -> Iterable[Upload]:
@@ -127,10 +141,11 @@ def _copied(tensors: Params) -> Params:
 
 def finish_run(cfg: ConfigNode, label: str, run_dir: Path, records: list[dict], stopper: EarlyStopper,
                rounds_run: int, seconds: float, tracking: Tracking | None = None,
-               reported: dict[str, Any] | None = None) -> dict[str, Any]:
+               reported: dict[str, Any] | None = None, diverged: str | None = None) -> dict[str, Any]:
     """Write summary.json, the learning curve and the client accuracies at the best round; hand them to
     the trackers; the final result (standalone run or distributed server). `reported`: the plug-ins'
-    figures after the last round (DP's epsilon), added to both."""
+    figures after the last round (DP's epsilon), added to both. A diverged run (`diverged`: what and
+    where) writes all of these, then raises RunDiverged."""
     best = stopper.best_metrics
     result = {
         "method": label,
@@ -146,8 +161,8 @@ def finish_run(cfg: ConfigNode, label: str, run_dir: Path, records: list[dict], 
         "run_dir": str(run_dir),
         **(reported or {}),
     }
-    summary = {**result, "seconds": round(seconds, 2), "best": best}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary = {**result, "seconds": round(seconds, 2), "best": best, **({"diverged": diverged} if diverged else {})}
+    (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     if records:
         title = f"{label} on {cfg.data.type} (seed {cfg.seed})"
         plot_learning_curve(records, run_dir / "learning_curve.png", title, stopper.best_round)
@@ -161,4 +176,7 @@ def finish_run(cfg: ConfigNode, label: str, run_dir: Path, records: list[dict], 
         tracking.finish(run_dir, result)
     logger.info("best round %s: weighted test accuracy %.2f%% (%.1f s)", stopper.best_round,
                 100 * (result["test_acc"] or 0.0), seconds)
+    if diverged:
+        raise RunDiverged(f"{diverged}; lower train.optimizer.lr or clip the gradients (grad.grad_clip); what was "
+                          f"measured is in {run_dir}")
     return result

@@ -4,10 +4,14 @@ from __future__ import annotations
 import torch
 
 from fedplug.config import ConfigNode
+from fedplug.errors import ConfigError
 
 
 def clients_per_round(cfg: ConfigNode, num_clients: int) -> int:
     fed = cfg.federate
+    if fed.sample_client_num > num_clients:
+        raise ConfigError(f"federate.sample_client_num is {fed.sample_client_num} but there are {num_clients} clients; "
+                          f"set it to at most {num_clients} (or -1 to use federate.sample_client_rate)")
     k = fed.sample_client_num if fed.sample_client_num > 0 else round(fed.sample_client_rate * num_clients)
     return min(max(k, 1), num_clients)
 
