@@ -140,11 +140,12 @@ def test_an_attacked_fedavg_is_measurably_worse(small_cfg) -> None:
 
 
 @pytest.mark.parametrize("attack", ["gaussian", "alie"])
-def test_resume_with_an_attack_repeats_the_end_exactly(small_cfg, attack: str) -> None:
+def test_resume_with_an_attack_repeats_the_end_exactly(small_cfg, attack: str, rewind) -> None:
     cfg = small_cfg(attack__type=attack, attack__fraction=0.25, **{"checkpoint.every": 2, "eval.freq": 1})
     first = run(cfg)
     run_dir = Path(first["run_dir"])
     before = (run_dir / "metrics.jsonl").read_text()
+    rewind(run_dir, 4)  # as if killed after round 4's checkpoint
     assert run(cfg, run_dir, resume=True) == first and (run_dir / "metrics.jsonl").read_text() == before
 
 

@@ -10,6 +10,21 @@ from typing import Callable
 import pytest
 
 from conftest import SMALL
+
+
+@pytest.fixture(autouse=True)
+def no_registration_survives():
+    """The first of two copies of a plug-in file registers its section and algorithm before the second is refused:
+    take them back, or every config this process writes later holds a section other processes don't know."""
+    import sys
+
+    from fedplug.algorithms import registry
+    from fedplug.config.schema import ROOT
+
+    yield
+    ROOT.entries.pop("twin_algo", None)
+    registry._registered.pop("twin_algo", None)
+    sys.modules.pop("twin_algo", None)
 from fedplug.cli import main
 from fedplug.run import checkpoint
 

@@ -393,12 +393,13 @@ def test_with_personalization_and_server_transforms(small_cfg, plugin: str, rule
 
 
 @pytest.mark.parametrize("backend", ["sequential", "vectorized"])
-def test_centered_clipping_resumes_exactly(small_cfg, backend: str) -> None:
+def test_centered_clipping_resumes_exactly(small_cfg, backend: str, rewind) -> None:
     cfg = rule_cfg(small_cfg, "centeredclip", fedopt__use=True, fedopt__optimizer__momentum=0.5, checkpoint__every=2,
                    eval__freq=1, federate__backend=backend)
     first = run(cfg)
     run_dir = Path(first["run_dir"])
     before = (run_dir / "metrics.jsonl").read_text()
+    rewind(run_dir, 4)
     tensors, meta = checkpoint.load(run_dir / checkpoint.CHECKPOINT_FILE)
     center = checkpoint.unflatten(tensors, "server/centeredclip/center/")
     assert meta["round"] == 4 and set(center) == {"fc.weight", "fc.bias"}
