@@ -34,7 +34,7 @@ def upload_megabytes() -> float:
     from fedplug.config import load_config
     from fedplug.models import build_model
 
-    model = build_model(load_config(CONFIG))
+    model = build_model(load_config(CONFIG), (1, 28, 28))
     return sum(p.numel() for p in model.parameters()) * torch.finfo(torch.float32).bits / 8 / 1e6
 
 

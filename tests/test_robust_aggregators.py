@@ -424,3 +424,18 @@ def test_only_the_chosen_rule_is_imported(rule: str, imported: list[str]) -> Non
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
     none, modules = json.loads(out)
     assert none == (not imported) and modules == [f"fedplug.aggregators{m}" for m in imported]
+
+
+@pytest.mark.parametrize("rule", ["median", "trimmedmean", "bulyan"])
+def test_coordinates_taken_a_slice_at_a_time_give_the_same_aggregate(small_cfg, monkeypatch, rule: str) -> None:
+    """The coordinate-wise rules sort a slice of coordinates at a time (bounded memory): slices of 4 of a 37-long
+    parameter, the last one short, give exactly what one slice of everything gives."""
+    from fedplug.aggregators import base
+
+    gen = torch.Generator().manual_seed(5)
+    vectors = (torch.randn(11, 37, generator=gen, dtype=torch.float64) * 3).tolist()
+    cfg = small_cfg(aggregator__rule=rule, aggregator__byzantine_node_num=2, federate__sample_client_rate=1.0)
+    whole, _ = aggregate(cfg, vectors, samples=list(range(1, 12)))
+    monkeypatch.setattr(base, "COORDINATES_AT_ONCE", 4)
+    sliced, _ = aggregate(cfg, vectors, samples=list(range(1, 12)))
+    assert torch.equal(whole, sliced) and not torch.equal(whole, torch.tensor(vectors[0], dtype=torch.float64))

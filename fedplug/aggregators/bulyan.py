@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from fedplug.aggregators.base import RobustRule, squared_distances, stacked, weights_of
+from fedplug.aggregators.base import RobustRule, coordinatewise, row_weighted_mean, squared_distances, weights_of
 from fedplug.aggregators.krum import krum_scores, lowest
 from fedplug.aggregators.median import coordinate_median
 from fedplug.core.messages import RoundFacts, Upload
@@ -41,7 +41,7 @@ def closest_to_median(values: torch.Tensor, weights: torch.Tensor, beta: int) ->
     order = torch.sort(gap, dim=0, stable=True).indices[:beta]
     kept = torch.gather(values, 0, order).double()
     w = torch.gather(weights.expand(values.shape), 0, order)
-    return ((kept * w).sum(0) / w.sum(0)).to(values.dtype)
+    return row_weighted_mean(kept, w).to(values.dtype)
 
 
 class Bulyan(RobustRule):
@@ -55,8 +55,6 @@ class Bulyan(RobustRule):
         chosen = [uploads[i] for i in bulyan_selection(squared_distances(uploads), self.f)]
         facts.selected = [u.client for u in chosen]
         beta = len(chosen) - 2 * self.f
-        out = {}
-        for name in uploads[0].params:
-            values = stacked(chosen, name)
-            out[name] = closest_to_median(values, weights_of(chosen, facts, values), beta)
-        return out
+        weights = weights_of(chosen, facts, torch.empty(1, 1))  # (n, 1): against (n, k) slices of coordinates
+        return {name: coordinatewise(chosen, name, lambda values: closest_to_median(values, weights, beta))
+                for name in uploads[0].params}

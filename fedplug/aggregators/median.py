@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from fedplug.aggregators.base import RobustRule, stacked
+from fedplug.aggregators.base import RobustRule, coordinatewise
 from fedplug.config import ConfigNode
 from fedplug.core.messages import RoundFacts, Upload
 from fedplug.core.plugin import Params
@@ -44,4 +44,4 @@ class Median(RobustRule):
         return f"the median needs a majority of honest uploads, n > 2f = {2 * self.f}" if n <= 2 * self.f else ""
 
     def aggregate(self, uploads: list[Upload], facts: RoundFacts) -> Params:
-        return {name: coordinate_median(stacked(uploads, name)) for name in uploads[0].params}
+        return {name: coordinatewise(uploads, name, coordinate_median) for name in uploads[0].params}

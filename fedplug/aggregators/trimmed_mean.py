@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from fedplug.aggregators.base import RobustRule, stacked, weighted_mean, weights_of
+from fedplug.aggregators.base import RobustRule, coordinatewise, row_weighted_mean, weighted_mean, weights_of
 from fedplug.config import ConfigNode
 from fedplug.core.messages import RoundFacts, Upload
 from fedplug.core.plugin import Params
@@ -30,7 +30,7 @@ def trimmed_coordinates(values: torch.Tensor, weights: torch.Tensor, k: int) -> 
     ordered, order = torch.sort(values, dim=0, stable=True)
     kept = ordered[k: n - k].double()
     w = torch.gather(weights.expand(values.shape), 0, order[k: n - k])
-    return ((kept * w).sum(0) / w.sum(0)).to(values.dtype)
+    return row_weighted_mean(kept, w).to(values.dtype)
 
 
 class TrimmedMean(RobustRule):
@@ -53,8 +53,6 @@ class TrimmedMean(RobustRule):
         k = self.excluded(len(uploads))
         if k == 0:
             return weighted_mean(uploads, facts)  # nothing excluded: the server's own mean
-        out = {}
-        for name in uploads[0].params:
-            values = stacked(uploads, name)
-            out[name] = trimmed_coordinates(values, weights_of(uploads, facts, values), k)
-        return out
+        weights = weights_of(uploads, facts, torch.empty(1, 1))  # (n, 1): against (n, k) slices of coordinates
+        return {name: coordinatewise(uploads, name, lambda values: trimmed_coordinates(values, weights, k))
+                for name in uploads[0].params}
