@@ -88,15 +88,14 @@ class Coordinator:
                                                  f"{self.fingerprint!r}: another plan, config, plug-in code or fedplug version")
         shape = (tuple(request.input_shape), request.num_classes)
         with self.mailbox.cond:
-            if self.num_clients == 0 and request.num_clients > 0:
-                self.num_clients = request.num_clients
-            if not 0 <= request.client_id < max(self.num_clients, 1):
-                raise Refused("INVALID_ARGUMENT", f"client id {request.client_id} outside 0..{self.num_clients - 1}")
-            if self.data_shape is None:
-                self.data_shape = shape
-            elif shape != self.data_shape:
+            # Adopted only once every check passed: a refused join changes nothing.
+            num_clients = self.num_clients or max(request.num_clients, 0)
+            if not 0 <= request.client_id < max(num_clients, 1):
+                raise Refused("INVALID_ARGUMENT", f"client id {request.client_id} outside 0..{num_clients - 1}")
+            if self.data_shape is not None and shape != self.data_shape:
                 raise Refused("INVALID_ARGUMENT", f"client {request.client_id} has data of shape {shape}, the "
                                                   f"federation {self.data_shape}")
+            self.num_clients, self.data_shape = num_clients, shape
         return self.resume_round
 
     def wait_for_clients(self) -> None:
