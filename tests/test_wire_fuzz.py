@@ -6,7 +6,9 @@ preceded by a seeded batch of bad messages derived from it (random bytes, bit fl
 client id, task, kind or round, garbled or oversized safetensors, wrong tensor names/shapes/dtypes, NaN/Inf,
 bad metrics, bad joins and polls) and followed by a duplicate of it. Bounded: at most MAX_MESSAGES messages or
 MAX_SECONDS of fuzzing. At seed 0 it sends 300 messages; each is refused (a gRPC error at the sender, one
-`refused` line in the server's log), none crashed the server, and the run's figures are unchanged.
+`refused` line in the server's log), none crashed the server, and the run's figures are unchanged (about
+13 s on 2 cores). It found two bugs, fixed: a result of a kind number no kind has was an internal error, not
+a refusal; a refused join could still set the federation's client count.
 """
 from __future__ import annotations
 
