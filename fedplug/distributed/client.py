@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from fedplug.run.plan import build_plan, check_distributable
 from fedplug.run.rounds import client_state_tree, split_client_state_tree
 
 logger = logging.getLogger("fedplug")
+JOIN_PROGRESS_SECONDS = 5.0  # a client waiting for its server says so this often
 KEEP_CHECKPOINTS = 2  # the server may die between the clients' checkpoint and its own: keep the one before too
 
 
@@ -107,9 +109,20 @@ class ClientProcess:
                                  input_shape=list(self.data.input_shape), num_classes=self.data.num_classes,
                                  num_clients=self.num_clients)
         d = self.cfg.distribute
-        logger.info("client %d: joining the server at %s:%d (retrying for up to distribute.join_timeout, %s s)",
-                    client, d.server_host, d.server_port, d.join_timeout)
-        reply = self._call("Join", request, pb.JoinReply, d.join_timeout, wait=True)
+        address = f"{d.server_host}:{d.server_port}"
+        logger.info("client %d: joining the server at %s (retrying for up to distribute.join_timeout, %s s)",
+                    client, address, d.join_timeout)
+        started = time.monotonic()
+        while True:  # attempts of JOIN_PROGRESS_SECONDS, so that a wait for an absent server shows in the log
+            left = d.join_timeout - (time.monotonic() - started)
+            try:
+                reply = self._call("Join", request, pb.JoinReply, min(JOIN_PROGRESS_SECONDS, left), wait=True)
+                break
+            except grpc.RpcError as err:
+                if err.code() != grpc.StatusCode.DEADLINE_EXCEEDED or left <= JOIN_PROGRESS_SECONDS:
+                    raise
+            logger.info("client %d: still trying %s (%.0f s of distribute.join_timeout %s s)", client, address,
+                        time.monotonic() - started, d.join_timeout)
         if reply.resume_round:
             self._load_state(client, reply.resume_round)
         logger.info("client %d joined %s:%d", client, self.cfg.distribute.server_host, self.cfg.distribute.server_port)

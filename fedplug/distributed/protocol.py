@@ -102,4 +102,10 @@ def eval_metrics(split: str, result: dict[str, Any]) -> dict[str, float]:
 
 
 Kind = pb.Task.Kind
+
+
+def kind_name(kind: int) -> str:
+    """A task kind's name for a log line; a number no kind has (proto3 lets a peer send one) stays a number."""
+    return Kind.Name(kind) if kind in Kind.values() else f"kind {kind}"
+
 __all__ = ["pb", "Kind", "Refused", "PROTOCOL_VERSION", "SERVICE", "TOKEN_HEADER"]

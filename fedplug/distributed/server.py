@@ -29,7 +29,7 @@ from fedplug.models import build_model
 from fedplug.run import checkpoint
 from fedplug.run.evaluation import EVAL_SPLITS
 from fedplug.run.fingerprint import fingerprint
-from fedplug.run.outputs import make_run_dir, setup_logging
+from fedplug.run.outputs import close_logging, make_run_dir, setup_logging
 from fedplug.run.plan import build_plan, check_distributable
 from fedplug.run.rounds import RoundKeeper, report_finished
 from fedplug.run.simulation import finish_run, torch_threads
@@ -80,6 +80,7 @@ class Coordinator:
         self.global_layout: dict[str, Any] = {}
         self.upload_layout: dict[str, Any] = {}  # parameters and the plug-ins' `up` tensors
         self.current_round = 0
+        self.rounds_begun = False
 
     # -- joining ---------------------------------------------------------------------------------
     def check_join(self, request: Any) -> int:
@@ -88,15 +89,14 @@ class Coordinator:
                                                  f"{self.fingerprint!r}: another plan, config, plug-in code or fedplug version")
         shape = (tuple(request.input_shape), request.num_classes)
         with self.mailbox.cond:
-            if self.num_clients == 0 and request.num_clients > 0:
-                self.num_clients = request.num_clients
-            if not 0 <= request.client_id < max(self.num_clients, 1):
-                raise Refused("INVALID_ARGUMENT", f"client id {request.client_id} outside 0..{self.num_clients - 1}")
-            if self.data_shape is None:
-                self.data_shape = shape
-            elif shape != self.data_shape:
+            # Adopted only once every check passed: a refused join changes nothing.
+            num_clients = self.num_clients or max(request.num_clients, 0)
+            if not 0 <= request.client_id < max(num_clients, 1):
+                raise Refused("INVALID_ARGUMENT", f"client id {request.client_id} outside 0..{num_clients - 1}")
+            if self.data_shape is not None and shape != self.data_shape:
                 raise Refused("INVALID_ARGUMENT", f"client {request.client_id} has data of shape {shape}, the "
                                                   f"federation {self.data_shape}")
+            self.num_clients, self.data_shape = num_clients, shape
         return self.resume_round
 
     def wait_for_clients(self) -> None:
@@ -168,9 +168,12 @@ class Coordinator:
             self.mailbox.finish()
             self._wait_for_goodbyes()
             server.stop(grace=1.0).wait()
+            if not self.rounds_begun and not self.resume:
+                self._discard_run_dir()
 
     def _rounds(self) -> dict[str, Any]:
         self.wait_for_clients()
+        self.rounds_begun = True
         keeper = RoundKeeper(self.cfg, self.plan, self.run_dir, self.num_clients, self.initial_global())
         self.global_layout = layout(keeper.global_params)
         self.upload_layout = payload_layout(self.global_layout, {p: m.up_specs() for p, m in keeper.messages.items()})
@@ -223,6 +226,18 @@ class Coordinator:
         done = self._exchange(Kind.Value("CHECKPOINT"), round_num, joined, None, lambda client, result: True)
         logger.info("round %d: %d of %d clients wrote their checkpoint", round_num, len(done), len(joined))
         return {}
+
+    def _discard_run_dir(self) -> None:
+        """No round began (too few clients joined, or stopped while waiting): the folder holds nothing but the
+        config and the log, already on stderr. Those go, and the folder with them unless something else is in it
+        (a `--run-dir` given may be a folder of the user's)."""
+        close_logging()
+        for name in ("run.log", "config.yaml"):
+            (self.run_dir / name).unlink(missing_ok=True)
+        try:
+            self.run_dir.rmdir()
+        except OSError:
+            pass
 
     def _wait_for_goodbyes(self) -> None:
         deadline = time.monotonic() + FINISH_GRACE_SECONDS

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import grpc
 
-from fedplug.distributed.protocol import PROTOCOL_VERSION, SERVICE, TOKEN_HEADER, Kind, Refused, parse, pb
+from fedplug.distributed.protocol import PROTOCOL_VERSION, SERVICE, TOKEN_HEADER, Kind, Refused, kind_name, parse, pb
 from fedplug.distributed.security import same_token
 
 logger = logging.getLogger("fedplug")
@@ -171,7 +171,7 @@ class FederationService:
             collection, task = box.collection, box.tasks.get(result.client_id)
             if collection is None or result.round != collection.round or result.kind != collection.kind:
                 raise Refused("FAILED_PRECONDITION", f"result for round {result.round} "
-                                                     f"({Kind.Name(result.kind)}) is not awaited now")
+                                                     f"({kind_name(result.kind)}) is not awaited now")
             if result.client_id not in collection.clients or task is None or task.task_id != result.task_id:
                 raise Refused("FAILED_PRECONDITION", f"client {result.client_id} has no task {result.task_id}")
             if result.client_id in collection.received:
