@@ -24,16 +24,7 @@ from fedplug.core.messages import RoundFacts, Upload
 from fedplug.core.plugin import Params, Plugin
 from fedplug.errors import ConfigError
 from fedplug.server.aggregation import WeightedMean
-from fedplug.server.sampling import clients_per_round
-
-
-def clients_from_config(cfg: ConfigNode) -> int:
-    """N when the config alone tells it (Synthetic's generator, or federate.client_num), else 0. The check
-    made with it can only refuse what the check with the data's N refuses too: a smaller N samples fewer."""
-    if cfg.data.type == "synthetic":
-        n = cfg.data.synthetic.num_clients
-        return min(cfg.federate.client_num, n) if cfg.federate.client_num else n
-    return cfg.federate.client_num
+from fedplug.server.sampling import clients_from_config, clients_per_round
 
 
 class RobustRule(Plugin):

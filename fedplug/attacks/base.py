@@ -18,6 +18,7 @@ from fedplug.core.params import Params
 from fedplug.core.plugin import Plugin
 from fedplug.errors import ConfigError
 from fedplug.seeding import ATTACKERS, generator
+from fedplug.server.sampling import clients_from_config
 
 
 def choose_attackers(seed: int, num_clients: int, fraction: float) -> frozenset[int]:
@@ -25,14 +26,6 @@ def choose_attackers(seed: int, num_clients: int, fraction: float) -> frozenset[
     count = math.floor(fraction * num_clients + 0.5)
     order = torch.randperm(num_clients, generator=generator(seed, ATTACKERS))
     return frozenset(order[:count].tolist())
-
-
-def configured_clients(cfg: ConfigNode) -> int:
-    """N when the config alone says it (Synthetic, or federate.client_num), else 0: only the data know."""
-    if cfg.data.type == "synthetic":
-        n = cfg.data.synthetic.num_clients
-        return min(n, cfg.federate.client_num) if cfg.federate.client_num else n
-    return 0
 
 
 def update(params: Params, received: Params) -> Params:
@@ -63,8 +56,8 @@ class Attack(Plugin):
             raise ConfigError(f"attack.type {a.type} has no attackers: set attack.fraction (in (0, 1)) or "
                               "attack.client_ids")
         self.attackers: frozenset[int] = frozenset()  # set by setup(), once N is known
-        if configured_clients(cfg):
-            self.setup(configured_clients(cfg))  # the config alone says N: refuse bad input before any work
+        if clients_from_config(cfg):
+            self.setup(clients_from_config(cfg))  # the config alone says N: refuse bad input before any work
 
     def setup(self, num_clients: int) -> None:
         a = self.section

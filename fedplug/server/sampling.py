@@ -7,6 +7,15 @@ from fedplug.config import ConfigNode
 from fedplug.errors import ConfigError
 
 
+def clients_from_config(cfg: ConfigNode) -> int:
+    """N when the config alone tells it (Synthetic's generator, or federate.client_num), else 0: start-up checks
+    (robust rules, attackers) run with it before any work, and again with the data's N, which is never larger."""
+    if cfg.data.type == "synthetic":
+        n = cfg.data.synthetic.num_clients
+        return min(cfg.federate.client_num, n) if cfg.federate.client_num else n
+    return cfg.federate.client_num
+
+
 def clients_per_round(cfg: ConfigNode, num_clients: int) -> int:
     fed = cfg.federate
     if fed.sample_client_num > num_clients:
