@@ -325,6 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"fedplug: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except BrokenPipeError:  # `fedplug help | head`: the reader left; say nothing more (before OSError, its base)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush does not fail too
+        return 141
     except OSError as err:
         if err.errno not in WRITE_ERRNOS:
             raise
@@ -335,9 +338,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fedplug: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `fedplug help | head`: the reader left; say nothing more
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush does not fail too
-        return 141
 
 
 if __name__ == "__main__":
