@@ -114,4 +114,5 @@ def test_per_client_keeps_each_clients_figures_and_ids() -> None:
     figures = per_client({"test": rows})
     assert figures == {"client": [10, 12, 14, 16], "test_acc": [0.5, 0.5, 0.0, 0.8],
                        "test_loss": [0.5, 0.5, 1.5, 0.1], "test_total": [2, 6, 4, 20]}
+    assert all(type(n) is int for n in figures["test_total"] + figures["client"])  # clients.jsonl: 2, not 2.0
     assert per_client({"test": results("test", VAL)})["client"] == [0, 1, 2, 3]
