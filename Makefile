@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test bench mutation clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,5 +23,13 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/bench_fedavg_synthetic.py
 
+# Mutation testing (mutmut), not part of `make test`: docs/testing.md. MODULES=fedplug/run/early_stop.py
+# for some modules only; stops after MUTATION_BUDGET seconds, and a rerun continues where it stopped.
+MODULES ?=
+MUTATION_BUDGET ?= 3300
+mutation: $(STAMP)
+	$(VENV)/bin/pip install --quiet -e '.[mutation]'
+	$(VENV)/bin/python tools/mutation.py --budget $(MUTATION_BUDGET) $(MODULES)
+
 clean:
-	rm -rf $(VENV) exp
+	rm -rf $(VENV) exp .mutation

@@ -1,0 +1,172 @@
+"""Mutation testing with mutmut 3, one module at a time against the tests that judge it (`make mutation`).
+
+mutmut reads its settings from `[tool.mutmut]` in the pyproject.toml of the folder it runs in, copies
+the code into `mutants/` there and runs pytest from that copy. To give each module its own test files
+(and keep a 200-test suite from running per mutant), every module below gets a workspace
+`.mutation/<module>/`: links to fedplug/, tests/ and configs/, and a pyproject.toml whose
+`[tool.mutmut]` names that one module (`only_mutate`) and its test files
+(`pytest_add_cli_args_test_selection`). Inside a run, mutmut narrows further: each mutant runs only
+the selected tests that executed the mutated function. Results persist in the workspace, so a rerun
+only tests what changed.
+
+    python tools/mutation.py                              # the whole campaign (see docs/testing.md)
+    python tools/mutation.py fedplug/run/early_stop.py    # one module (or several)
+    python tools/mutation.py --list                       # the modules and their tests
+
+Prints per module: killed, survived, timeouts, no tests, and the score (killed + timeout) / tested;
+the survivors are listed with `cd .mutation/<slug> && mutmut results` and shown with `mutmut show NAME`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / ".mutation"
+
+# The modules where a wrong line is a wrong result, each with the tests that check its numbers.
+COMBINATIONS = "tests/test_combinations.py::test_combination_round_one_equals_the_plugins_steps_by_hand"
+CAMPAIGN: dict[str, list[str]] = {
+    "fedplug/run/early_stop.py": ["tests/test_early_stop.py", "tests/test_resume_early_stop.py"],
+    "fedplug/run/evaluation.py": ["tests/test_pooling_exact.py", "tests/test_round_schedule.py"],
+    "fedplug/run/rounds.py": ["tests/test_resume_early_stop.py", "tests/test_round_schedule.py",
+                              "tests/test_distributed_min_received.py",
+                              "tests/test_checkpoint.py::test_resuming_from_the_last_checkpoint_repeats_the_end_exactly"],
+    "fedplug/server/aggregation.py": ["tests/test_aggregation.py", "tests/test_pooling_exact.py",
+                                      "tests/test_round_schedule.py"],
+    "fedplug/server/round.py": ["tests/test_pooling_exact.py", "tests/test_round_schedule.py",
+                                "tests/test_contract_weights.py", "tests/test_distributed_min_received.py"],
+    "fedplug/server/sampling.py": ["tests/test_round_schedule.py"],
+    "fedplug/core/compose.py": ["tests/test_composition.py", "tests/test_plan.py", "tests/test_contract_weights.py",
+                                "tests/test_contract_server.py", COMBINATIONS],
+    "fedplug/algorithms/fedprox.py": ["tests/test_distributed_optimization.py", COMBINATIONS],
+    "fedplug/algorithms/fedopt.py": ["tests/test_distributed_optimization.py", COMBINATIONS],
+    "fedplug/algorithms/fedbn.py": ["tests/test_distributed_optimization.py", COMBINATIONS],
+    "fedplug/algorithms/regularizers.py": ["tests/test_distributed_optimization.py", "tests/test_ditto.py"],
+    "fedplug/algorithms/ditto.py": ["tests/test_ditto.py", COMBINATIONS],
+    "fedplug/algorithms/pfedme.py": ["tests/test_pfedme.py", COMBINATIONS],
+    "fedplug/algorithms/fedem.py": ["tests/test_fedem.py", COMBINATIONS],
+    "fedplug/algorithms/scaffold.py": ["tests/test_scaffold.py"],
+    "fedplug/algorithms/fednova.py": ["tests/test_fednova.py"],
+    "fedplug/algorithms/feddyn.py": ["tests/test_feddyn.py"],
+}
+LINKED = ("fedplug", "tests", "configs")
+
+
+def toml_list(items: list[str]) -> str:
+    return "[" + ", ".join(json.dumps(i) for i in items) + "]"
+
+
+def workspace(module: str, tests: list[str]) -> Path:
+    """The module's mutmut folder: links to the code and tests, and its own [tool.mutmut]."""
+    slug = module.removeprefix("fedplug/").removesuffix(".py").replace("/", ".")
+    folder = WORK / slug
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in LINKED:
+        link = folder / name
+        if not link.exists():
+            link.symlink_to(ROOT / name)
+    settings = f"""[tool.mutmut]
+source_paths = ["fedplug/"]
+only_mutate = [{json.dumps(module)}]
+pytest_add_cli_args_test_selection = {toml_list(tests)}
+pytest_add_cli_args = ["-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning"]
+# log lines and error messages: their wording is not a result
+do_not_mutate_patterns = ['^\\s*(logger\\.\\w+|raise \\w+)\\(']
+also_copy = ["configs/"]
+use_git_change_detection = false
+timeout_multiplier = 5.0
+timeout_constant = 10.0
+debug = false
+
+[tool.pytest.ini_options]
+testpaths = ["tests"]
+"""
+    path = folder / "pyproject.toml"
+    if not path.exists() or path.read_text() != settings:
+        path.write_text(settings)
+        shutil.rmtree(folder / "mutants", ignore_errors=True)  # other settings: start over
+    return folder
+
+
+def run_module(module: str, tests: list[str], children: int, seconds: float) -> dict[str, int] | None:
+    """mutmut on one module for at most `seconds` (stopped there; a rerun continues); None: nothing tested."""
+    folder = workspace(module, tests)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
+    mutmut = [sys.executable, "-m", "mutmut"]
+    started = time.perf_counter()
+    proc = subprocess.Popen([*mutmut, "run", "--max-children", str(children)], cwd=folder, env=env,
+                            start_new_session=True)
+    try:
+        code = proc.wait(timeout=max(seconds, 1))
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)  # mutmut and the test processes it forked
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        code = None
+    if code not in (0, None):
+        raise SystemExit(f"mutmut failed on {module} (exit {code}); see the output above")
+    subprocess.run([*mutmut, "export-cicd-stats"], cwd=folder, env=env, capture_output=True)
+    path = folder / "mutants" / "mutmut-cicd-stats.json"
+    if not path.exists():
+        return None
+    stats = json.loads(path.read_text())
+    stats["seconds"] = round(time.perf_counter() - started)
+    stats["complete"] = code == 0
+    return stats
+
+
+def score(stats: dict[str, int]) -> float:
+    tested = stats["total"] - stats["skipped"] - stats["no_tests"]
+    return 100.0 * (stats["killed"] + stats["timeout"]) / tested if tested else 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("modules", nargs="*", help="modules to mutate (default: the whole campaign)")
+    parser.add_argument("--list", action="store_true", help="print the modules and their tests")
+    parser.add_argument("--children", type=int, default=2, help="mutants tested at once (default 2)")
+    parser.add_argument("--budget", type=float, default=3300.0,
+                        help="stop after this many seconds (default 3300); results are kept, a rerun continues")
+    args = parser.parse_args()
+    if args.list:
+        for module, tests in CAMPAIGN.items():
+            print(module, " ".join(tests))
+        return
+    unknown = [m for m in args.modules if m not in CAMPAIGN]
+    if unknown:
+        raise SystemExit(f"not in the campaign: {unknown}; `python tools/mutation.py --list` shows it")
+    total = {"killed": 0, "survived": 0, "timeout": 0, "no_tests": 0, "skipped": 0, "total": 0}
+    lines, deadline, unfinished = [], time.monotonic() + args.budget, []
+    for module in args.modules or list(CAMPAIGN):
+        left = deadline - time.monotonic()
+        stats = run_module(module, CAMPAIGN[module], args.children, left) if left > 60 else None
+        if stats is None or not stats["complete"]:
+            unfinished.append(module)
+        if stats is None:
+            lines.append(f"{module:<38} not run: the budget is spent")
+            continue
+        for key in total:
+            total[key] += stats[key]
+        lines.append(f"{module:<38} {stats['killed']:>4} killed {stats['survived']:>4} survived "
+                     f"{stats['timeout']:>3} timeout {stats['no_tests']:>3} no tests  {score(stats):5.1f}%  "
+                     f"({stats['seconds']} s{'' if stats['complete'] else ', stopped by the budget'})")
+    print("\n".join(lines))
+    if unfinished:
+        print(f"unfinished (run `make mutation` again to continue): {' '.join(unfinished)}")
+    print(f"{'all':<38} {total['killed']:>4} killed {total['survived']:>4} survived {total['timeout']:>3} timeout "
+          f"{total['no_tests']:>3} no tests  {score(total):5.1f}%  (target: 90%)")
+
+
+if __name__ == "__main__":
+    main()
