@@ -24,7 +24,7 @@ def lines(result: dict) -> list[dict]:
     return [json.loads(line) for line in (Path(result["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_resumed_run_stops_at_the_same_round_with_the_same_result(small_cfg) -> None:
+def test_resumed_run_stops_at_the_same_round_with_the_same_result(small_cfg, rewind) -> None:
     uninterrupted = run(small_cfg(**STOPPING, **{"checkpoint.every": 0}))
     assert uninterrupted["early_stopped"] and uninterrupted["rounds_run"] == 4
     assert uninterrupted["best_round"] == 4  # no fall beats delta, but the loss falls: the best is the lowest
@@ -32,8 +32,9 @@ def test_resumed_run_stops_at_the_same_round_with_the_same_result(small_cfg) -> 
     assert [r["round"] for r in expected] == [1, 2, 3, 4]
 
     cfg = small_cfg(**STOPPING, **{"checkpoint.every": 2})
-    first = run(cfg)  # the same run, with a checkpoint at round 2 (none at 4: it stopped there)
+    first = run(cfg)  # the same run, with checkpoints at round 2 and at its stop, round 4
     run_dir = Path(first["run_dir"])
+    rewind(run_dir, 2)  # as if killed after round 2's checkpoint
     _, meta = checkpoint.load(run_dir / checkpoint.CHECKPOINT_FILE)
     assert meta["round"] == 2
     assert meta["early_stop"]["evals_without_improvement"] == 1 and meta["early_stop"]["best_round"] == 2
@@ -45,7 +46,7 @@ def test_resumed_run_stops_at_the_same_round_with_the_same_result(small_cfg) -> 
     assert lines(resumed) == expected
 
 
-def test_resumed_best_round_is_compared_with_the_best_before_the_checkpoint(small_cfg) -> None:
+def test_resumed_best_round_is_compared_with_the_best_before_the_checkpoint(small_cfg, rewind) -> None:
     """Patience 0 but the best round: a resumed stopper that forgot the best value would make the first
     evaluation after the checkpoint the best one, whatever its loss."""
     cfg = small_cfg(**{"eval.freq": 1, "federate.total_round_num": 4, "checkpoint.every": 2,
@@ -54,5 +55,6 @@ def test_resumed_best_round_is_compared_with_the_best_before_the_checkpoint(smal
     losses = [r["val_loss"] for r in lines(first)]
     assert losses[1] < min(losses[0], losses[2], losses[3])  # the best is round 2, before the checkpoint
     assert first["best_round"] == 2
+    rewind(Path(first["run_dir"]), 2)  # as if killed after round 2's checkpoint
     resumed = run(cfg, Path(first["run_dir"]), resume=True)
     assert resumed == first
