@@ -130,25 +130,15 @@ def _available(cls: Any) -> type:
 
 def _config(cfg: Any, values: dict[str, Any]) -> ConfigNode:
     """The validated config: cfg (file, packaged name, config object or None) with `values` over it."""
-    from fedplug.config import ConfigNode, load_config
+    from fedplug.config import ConfigNode, dotted, load_config
 
     if isinstance(cfg, ConfigNode):
         if not values:
             return cfg
-        return load_config(None, {**_dotted(cfg.to_dict()), **values})
+        return load_config(None, {**dotted(cfg.to_dict()), **values})
     if cfg is not None and not isinstance(cfg, (str, Path)):
         raise ConfigError(f"cfg must be a YAML file, a packaged config's name or a config object; got {type(cfg).__name__}")
     return load_config(cfg, values or None)
-
-
-def _dotted(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_dotted(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
 
 
 def _new_run_dir(folder: Path, config: ConfigNode) -> None:

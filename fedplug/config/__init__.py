@@ -1,5 +1,5 @@
 """Typed configuration: schema, YAML loading, CLI overrides."""
-from fedplug.config.load import dump_config, load_config
+from fedplug.config.load import dotted, dump_config, load_config
 from fedplug.config.schema import ConfigNode, Key, Section, register_key, register_section
 
-__all__ = ["ConfigNode", "Key", "Section", "dump_config", "load_config", "register_key", "register_section"]
+__all__ = ["ConfigNode", "Key", "Section", "dotted", "dump_config", "load_config", "register_key", "register_section"]

@@ -261,6 +261,17 @@ def _flatten_override_dict(overrides: dict[str, Any]) -> dict[str, Any]:
     return _flatten(nested, ROOT, "", "overrides")
 
 
+def dotted(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config tree as {dotted key: value}: {"train": {"optimizer": {"lr": 0.1}}} -> {"train.optimizer.lr": 0.1}."""
+    flat: dict[str, Any] = {}
+    for name, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(dotted(value, f"{prefix}{name}."))
+        else:
+            flat[f"{prefix}{name}"] = value
+    return flat
+
+
 def dump_config(cfg: ConfigNode) -> str:
     """The resolved config as YAML that `--cfg` reads back to an equal config, except for a secret:
     `distribute.token` is written empty (a reader then takes it from `distribute.token_env`)."""

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import fedplug
-from fedplug.config import ConfigNode
+from fedplug.config import ConfigNode, dotted
 from fedplug.core.compose import Plan
 from fedplug.errors import UserError
 
@@ -30,18 +30,7 @@ def _is_neutral(path: str) -> bool:
 def result_config(cfg: ConfigNode | dict[str, Any]) -> dict[str, Any]:
     """The flat {dotted key: value} of the keys that shape a run's numbers."""
     tree = cfg.to_dict() if isinstance(cfg, ConfigNode) else cfg
-    flat: dict[str, Any] = {}
-
-    def walk(node: dict[str, Any], prefix: str) -> None:
-        for name, value in node.items():
-            path = f"{prefix}{name}"
-            if isinstance(value, dict):
-                walk(value, path + ".")
-            elif not _is_neutral(path):
-                flat[path] = value
-
-    walk(tree, "")
-    return flat
+    return {path: value for path, value in dotted(tree).items() if not _is_neutral(path)}
 
 
 def plugin_code(plan: Plan) -> dict[str, str]:

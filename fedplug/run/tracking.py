@@ -87,19 +87,9 @@ def flat_config(cfg: ConfigNode) -> dict[str, str]:
     """The resolved config as {dotted key: text}, as config.yaml has it (so without the secret token)."""
     import yaml
 
-    from fedplug.config import dump_config
+    from fedplug.config import dotted, dump_config
 
-    flat: dict[str, str] = {}
-
-    def walk(node: dict[str, Any], prefix: str) -> None:
-        for name, value in node.items():
-            if isinstance(value, dict):
-                walk(value, f"{prefix}{name}.")
-            else:
-                flat[f"{prefix}{name}"] = str(value)
-
-    walk(yaml.safe_load(dump_config(cfg)), "")
-    return flat
+    return {key: str(value) for key, value in dotted(yaml.safe_load(dump_config(cfg))).items()}
 
 
 class Tracking:
