@@ -94,3 +94,16 @@ def rewind(monkeypatch):
         (run_dir / "summary.json").unlink()
 
     return to
+
+
+def cli_call(capsys, *argv: str) -> tuple[int, str, str]:
+    """`fedplug ARGV` in this process: exit status, stdout, stderr (argparse's --help exits through SystemExit)."""
+    from fedplug import cli
+
+    capsys.readouterr()  # what came before (a fixture's run logs)
+    try:
+        code = cli.main(list(argv))
+    except SystemExit as exit_:
+        code = exit_.code or 0
+    out, err = capsys.readouterr()
+    return code, out, err

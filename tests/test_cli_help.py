@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import cli_call
 from fedplug import cli
 from fedplug.data import synthetic
 from fedplug.data.synthetic import SyntheticParams
@@ -20,17 +21,6 @@ from fedplug.data.synthetic import SyntheticParams
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ["run", "plan", "config show", "data stats", "data prepare", "configs list", "compare", "sweep",
             "server", "client", "launch"]
-
-
-def call(capsys, *argv: str) -> tuple[int, str, str]:
-    """main(argv) in this process: exit status, stdout, stderr (argparse's --help exits through SystemExit)."""
-    capsys.readouterr()  # what came before (a fixture's run logs)
-    try:
-        code = cli.main(list(argv))
-    except SystemExit as exit_:
-        code = exit_.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def listed_commands(text: str) -> list[str]:
@@ -48,15 +38,15 @@ def test_help_lists_every_command_with_one_line() -> None:
 
 
 def test_help_word_is_the_same_as_the_option(capsys) -> None:
-    code, out, err = call(capsys, "help")
+    code, out, err = cli_call(capsys, "help")
     assert (code, err) == (0, "")
-    assert out == call(capsys, "--help")[1] == call(capsys, "-h")[1]
+    assert out == cli_call(capsys, "--help")[1] == cli_call(capsys, "-h")[1]
     assert "override 'help' has no value" not in out + err
 
 
 @pytest.mark.parametrize("command", [*COMMANDS, "config", "data", "configs", "help"])
 def test_every_command_has_help(capsys, command: str) -> None:
-    code, out, err = call(capsys, *command.split(), "--help")
+    code, out, err = cli_call(capsys, *command.split(), "--help")
     assert code == 0, err
     assert "error" not in err
     first = out.splitlines()[0]
@@ -66,11 +56,11 @@ def test_every_command_has_help(capsys, command: str) -> None:
 
 
 def test_help_command_shows_a_commands_help(capsys) -> None:
-    code, out, _ = call(capsys, "help", "config", "show")
+    code, out, _ = cli_call(capsys, "help", "config", "show")
     assert code == 0 and out.startswith("usage: fedplug config show")
-    code, out, _ = call(capsys, "help", "sweep")
+    code, out, _ = cli_call(capsys, "help", "sweep")
     assert code == 0 and "--seeds K" in out and "--jobs N" in out
-    code, _, err = call(capsys, "help", "swep")
+    code, _, err = cli_call(capsys, "help", "swep")
     assert code == 2 and err.strip().endswith("(commands: run, plan, config, data, configs, compare, sweep, help, "
                                               "server, client, launch)")
     assert "Did you mean 'sweep'?" in err
@@ -79,7 +69,7 @@ def test_help_command_shows_a_commands_help(capsys) -> None:
 @pytest.mark.parametrize("word, suggestion", [("trian", "run"), ("comapre", "compare"), ("swep", "sweep"),
                                               ("lunch", "launch"), ("confg", "config")])
 def test_unknown_command_suggests_the_closest(capsys, word: str, suggestion: str) -> None:
-    code, out, err = call(capsys, word, "--cfg", "configs/fedavg_lr_on_synthetic.yaml")
+    code, out, err = cli_call(capsys, word, "--cfg", "configs/fedavg_lr_on_synthetic.yaml")
     assert code == 2 and out == ""
     assert err.count("\n") == 1  # one line
     assert err.startswith(f"fedplug: error: '{word}' is not a command, an option or a config key. "
@@ -87,7 +77,7 @@ def test_unknown_command_suggests_the_closest(capsys, word: str, suggestion: str
 
 
 def test_unknown_command_without_a_close_one_lists_the_commands(capsys) -> None:
-    code, _, err = call(capsys, "xyzzy")
+    code, _, err = cli_call(capsys, "xyzzy")
     assert code == 2
     assert err == ("fedplug: error: 'xyzzy' is not a command, an option or a config key. The commands: run, plan, "
                    "config, data, configs, compare, sweep, help, server, client, launch.\n")
@@ -100,7 +90,7 @@ def test_overrides_and_options_are_not_taken_for_commands(argv: list[str]) -> No
 
 
 def test_a_run_with_key_value_overrides_still_reaches_the_config(capsys) -> None:
-    code, _, err = call(capsys, "--cfg", "configs/fedavg_lr_on_synthetic.yaml", "seed", "x")
+    code, _, err = cli_call(capsys, "--cfg", "configs/fedavg_lr_on_synthetic.yaml", "seed", "x")
     assert code == 2 and err == "fedplug: error: config key 'seed' expects int, got 'x' (str)\n"
 
 
@@ -113,7 +103,7 @@ def test_a_run_with_key_value_overrides_still_reaches_the_config(capsys) -> None
     (["configs"], "fedplug: error: usage: fedplug configs list ..."),
 ])
 def test_group_mistakes_are_one_line(capsys, argv: list[str], message: str) -> None:
-    code, _, err = call(capsys, *argv)
+    code, _, err = cli_call(capsys, *argv)
     assert code == 2
     assert err.startswith(message) and err.count("\n") == 1
 
@@ -121,7 +111,7 @@ def test_group_mistakes_are_one_line(capsys, argv: list[str], message: str) -> N
 def test_configs_list_prints_the_packaged_names(capsys) -> None:
     from fedplug.config.packaged import list_configs
 
-    code, out, _ = call(capsys, "configs", "list")
+    code, out, _ = cli_call(capsys, "configs", "list")
     assert code == 0
     assert out.splitlines() == list_configs()
     assert {"fedavg_lr_on_synthetic", "cpu/fedavg_lstm_on_shakespeare"} <= set(out.splitlines())
@@ -131,7 +121,7 @@ def test_configs_list_follows_the_modules_contract(capsys, monkeypatch) -> None:
     fake = types.ModuleType("fedplug.config.packaged")
     fake.list_configs = lambda: ["b_config", "a_config", "cpu/c_config"]
     monkeypatch.setitem(sys.modules, "fedplug.config.packaged", fake)
-    code, out, _ = call(capsys, "configs", "list")
+    code, out, _ = cli_call(capsys, "configs", "list")
     assert (code, out) == (0, "b_config\na_config\ncpu/c_config\n")  # as the module orders them
 
 

@@ -7,21 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from fedplug import cli
+from conftest import cli_call
 from fedplug.run.compare import differing_keys, flatten
 from fedplug.run.simulation import run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def call(capsys, *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()  # what came before (a fixture's run logs)
-    try:
-        code = cli.main(list(argv))
-    except SystemExit as exit_:
-        code = exit_.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture
@@ -41,7 +31,7 @@ def expected_row(run_dir: Path, seed: int, lr: float) -> str:
 
 def test_compare_prints_the_table_and_writes_the_curves(capsys, three_runs, tmp_path) -> None:
     png = tmp_path / "plots" / "three.png"
-    code, out, err = call(capsys, "compare", *map(str, three_runs), "--out", str(png))
+    code, out, err = cli_call(capsys, "compare", *map(str, three_runs), "--out", str(png))
     assert code == 0, err
     lines = out.splitlines()
     assert lines[:5] == [
@@ -57,7 +47,7 @@ def test_compare_prints_the_table_and_writes_the_curves(capsys, three_runs, tmp_
 
 
 def test_default_plot_goes_next_to_the_first_run(capsys, three_runs) -> None:
-    code, out, _ = call(capsys, "compare", *map(str, three_runs[:2]))
+    code, out, _ = cli_call(capsys, "compare", *map(str, three_runs[:2]))
     assert code == 0
     png = Path(out.splitlines()[-1].removeprefix("learning curves: "))
     assert png.parent == three_runs[0].resolve().parent and png.name.startswith("compare_")
@@ -68,7 +58,7 @@ def test_default_plot_goes_next_to_the_first_run(capsys, three_runs) -> None:
 
 def test_identical_configs_have_no_differing_keys(capsys, small_cfg, tmp_path) -> None:
     first, second = (Path(run(small_cfg(federate__total_round_num=2))["run_dir"]) for _ in range(2))
-    code, out, _ = call(capsys, "compare", str(first), str(second), "--out", str(tmp_path / "c.png"))
+    code, out, _ = cli_call(capsys, "compare", str(first), str(second), "--out", str(tmp_path / "c.png"))
     assert code == 0
     assert out.splitlines()[0] == ("| run | best_round | test_acc | val_loss | test_loss | test_acc_avg | rounds_run "
                                    "| seconds |")  # outdir and expname are not compared
@@ -89,7 +79,7 @@ def test_a_key_missing_from_one_run_shows_a_dash(capsys, three_runs, tmp_path) -
     changed = tmp_path / "with_plugin"
     shutil.copytree(three_runs[0], changed)
     (changed / "config.yaml").write_text((changed / "config.yaml").read_text() + "mine:\n  use: true\n")
-    code, out, _ = call(capsys, "compare", str(three_runs[0]), str(changed), "--out", str(tmp_path / "c.png"))
+    code, out, _ = cli_call(capsys, "compare", str(three_runs[0]), str(changed), "--out", str(tmp_path / "c.png"))
     assert code == 0
     header, _, first, second = out.splitlines()[:4]
     assert header.endswith("| seconds | mine.use |")
@@ -106,11 +96,11 @@ def test_a_folder_that_is_not_a_run_is_one_error_line(capsys, three_runs, tmp_pa
     if damage != "missing":
         shutil.copytree(three_runs[0], bad)
         (bad / ("summary.json" if damage == "no_summary" else "config.yaml")).unlink()
-    code, out, err = call(capsys, "compare", str(three_runs[0]), str(bad))
+    code, out, err = cli_call(capsys, "compare", str(three_runs[0]), str(bad))
     assert code == 2 and out == ""
     assert err == f"fedplug: error: compare: {bad} {message}\n"
 
 
 def test_compare_needs_a_run(capsys) -> None:
-    code, _, err = call(capsys, "compare")
+    code, _, err = cli_call(capsys, "compare")
     assert code == 2 and "RUN_DIR" in err

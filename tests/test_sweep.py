@@ -10,21 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import SMALL
-from fedplug import cli
+from conftest import SMALL, cli_call
 from fedplug.config import dump_config, load_config
 from fedplug.run import sweep
 from fedplug.run.sweep import parse_grid, point_name, split_values
-
-
-def call(capsys, *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        code = cli.main(list(argv))
-    except SystemExit as exit_:
-        code = exit_.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture
@@ -120,14 +109,14 @@ def test_point_names_are_deterministic_folder_names() -> None:
 def test_bad_input_is_one_line_before_any_run(capsys, monkeypatch, cfg_file, tmp_path, words, message) -> None:
     monkeypatch.setattr(sweep, "launch", lambda *a: pytest.fail("no run may start"))
     out_dir = tmp_path / "sweep"
-    code, out, err = call(capsys, "sweep", "--cfg", str(cfg_file), *words, "--out", str(out_dir))
+    code, out, err = cli_call(capsys, "sweep", "--cfg", str(cfg_file), *words, "--out", str(out_dir))
     assert code == 2 and out == ""
     assert err.startswith(f"fedplug: error: {message}") and err.count("\n") == 1
     assert not out_dir.exists()
 
 
 def test_impossible_combination_is_refused_before_any_run(capsys, fake, cfg_file, tmp_path) -> None:
-    code, _, err = call(capsys, "sweep", "--cfg", str(cfg_file), "scaffold.use=False,True", "pfedme.use=True",
+    code, _, err = cli_call(capsys, "sweep", "--cfg", str(cfg_file), "scaffold.use=False,True", "pfedme.use=True",
                         "--out", str(tmp_path / "s"))
     assert code == 2 and fake.commands == [] and not (tmp_path / "s").exists()
     assert err == ("fedplug: error: sweep point scaffold.use=True, pfedme.use=True: scaffold and pfedme cannot be "
@@ -139,7 +128,7 @@ def test_impossible_combination_is_refused_before_any_run(capsys, fake, cfg_file
 
 def test_grid_times_seeds_mean_and_std_by_hand(capsys, fake, cfg_file, tmp_path) -> None:
     out_dir = tmp_path / "sweep"
-    code, out, err = call(capsys, "sweep", "--cfg", str(cfg_file), "train.optimizer.lr=0.05,0.2", "--seeds", "3",
+    code, out, err = cli_call(capsys, "sweep", "--cfg", str(cfg_file), "train.optimizer.lr=0.05,0.2", "--seeds", "3",
                           "--out", str(out_dir))
     assert code == 0, err
     assert len(fake.commands) == 6
@@ -174,7 +163,7 @@ def test_grid_times_seeds_mean_and_std_by_hand(capsys, fake, cfg_file, tmp_path)
 
 
 def test_seed_axis_is_averaged_over(capsys, fake, cfg_file, tmp_path) -> None:
-    code, out, _ = call(capsys, "sweep", "--cfg", str(cfg_file), "seed=3,5", "--out", str(tmp_path / "s"),
+    code, out, _ = cli_call(capsys, "sweep", "--cfg", str(cfg_file), "seed=3,5", "--out", str(tmp_path / "s"),
                         "train.optimizer.lr=0.1")  # words after the options too
     assert code == 0
     assert sorted(p.name for p in (tmp_path / "s" / "train.optimizer.lr=0.1").iterdir()) == ["seed3", "seed5"]
@@ -182,7 +171,7 @@ def test_seed_axis_is_averaged_over(capsys, fake, cfg_file, tmp_path) -> None:
 
 
 def test_jobs_give_each_run_one_thread(capsys, fake, cfg_file, tmp_path) -> None:
-    code, out, _ = call(capsys, "sweep", "--cfg", str(cfg_file), "train.optimizer.lr=0.05,0.1,0.2", "--jobs", "2",
+    code, out, _ = cli_call(capsys, "sweep", "--cfg", str(cfg_file), "train.optimizer.lr=0.05,0.1,0.2", "--jobs", "2",
                         "--out", str(tmp_path / "s"))
     assert code == 0
     assert len(fake.commands) == 3 and all(c[-1] == "threads=1" for c in fake.commands)
@@ -191,24 +180,24 @@ def test_jobs_give_each_run_one_thread(capsys, fake, cfg_file, tmp_path) -> None
 
 def test_finished_runs_are_skipped_unless_their_config_changed(capsys, fake, cfg_file, tmp_path) -> None:
     argv = ["sweep", "--cfg", str(cfg_file), "train.optimizer.lr=0.05,0.2", "--out", str(tmp_path / "s")]
-    assert call(capsys, *argv)[0] == 0 and len(fake.commands) == 2
-    code, out, _ = call(capsys, *argv)
+    assert cli_call(capsys, *argv)[0] == 0 and len(fake.commands) == 2
+    code, out, _ = cli_call(capsys, *argv)
     assert code == 0 and len(fake.commands) == 2
     assert json.loads(out.splitlines()[-1])["skipped"] == 2
     cfg_file.write_text(cfg_file.read_text().replace("total_round_num: 4", "total_round_num: 6"))
-    assert call(capsys, *argv)[0] == 0
+    assert cli_call(capsys, *argv)[0] == 0
     assert len(fake.commands) == 4  # the config file changed: both runs again
 
 
 def test_failed_run_is_reported_and_rerun(capsys, monkeypatch, fake, cfg_file, tmp_path) -> None:
     monkeypatch.setattr(sweep, "launch", lambda command, log: (log.write_text("fedplug: error: boom\n"), 1)[1])
-    code, out, err = call(capsys, "sweep", "--cfg", str(cfg_file), "train.optimizer.lr=0.1", "--out", str(tmp_path / "s"))
+    code, out, err = cli_call(capsys, "sweep", "--cfg", str(cfg_file), "train.optimizer.lr=0.1", "--out", str(tmp_path / "s"))
     assert code == 1
     log = tmp_path / "s" / "train.optimizer.lr=0.1" / "seed0" / "output.log"
     assert f"train.optimizer.lr=0.1 seed 0: FAILED (exit 1): fedplug: error: boom; see {log}\n" in err
     assert out.splitlines()[2] == "| 0.1 | 0/1 | – | – | – |" and json.loads(out.splitlines()[-1])["failed"] == 1
     monkeypatch.setattr(sweep, "launch", fake)
-    assert call(capsys, "sweep", "--cfg", str(cfg_file), "train.optimizer.lr=0.1", "--out", str(tmp_path / "s"))[0] == 0
+    assert cli_call(capsys, "sweep", "--cfg", str(cfg_file), "train.optimizer.lr=0.1", "--out", str(tmp_path / "s"))[0] == 0
     assert len(fake.commands) == 1
 
 
@@ -219,7 +208,7 @@ def test_real_runs_then_resume(capsys, monkeypatch, cfg_file, tmp_path) -> None:
     monkeypatch.setattr(sweep, "launch", lambda command, log: launched.append(command) or real(command, log))
     out_dir = tmp_path / "sweep"
     argv = ["sweep", "--cfg", str(cfg_file), "train.optimizer.lr=0.2", "--seeds", "2", "--out", str(out_dir)]
-    code, out, err = call(capsys, *argv)
+    code, out, err = cli_call(capsys, *argv)
     assert code == 0, err
     assert len(launched) == 2
     summaries = sorted(out_dir.glob("train.optimizer.lr=0.2/seed*/train.optimizer.lr=0.2_seed*_*/summary.json"))
@@ -231,12 +220,12 @@ def test_real_runs_then_resume(capsys, monkeypatch, cfg_file, tmp_path) -> None:
     assert out.splitlines()[2] == row
 
     mtimes = [p.stat().st_mtime_ns for p in summaries]
-    code, out, err = call(capsys, *argv)
+    code, out, err = cli_call(capsys, *argv)
     assert code == 0 and len(launched) == 2  # nothing ran again
     assert [p.stat().st_mtime_ns for p in summaries] == mtimes
     assert out.splitlines()[2] == row and "2 finished already (skipped), 0 to run" in err
 
     summaries[1].unlink()  # as if seed 1 had been interrupted
-    code, out, _ = call(capsys, *argv)
+    code, out, _ = cli_call(capsys, *argv)
     assert code == 0 and len(launched) == 3 and "seed=1" in launched[-1]
     assert json.loads(out.splitlines()[-1])["skipped"] == 1
