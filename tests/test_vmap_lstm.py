@@ -111,7 +111,8 @@ def shakespeare_cfg(tmp_path: Path, **over: object):
     users = {f"ROLE{i}": list(range(7 * i, 7 * i + 20 + 9 * i)) for i in range(4)}  # uneven clients
     _write_leaf(tmp_path / "leaf", users)
     return load_config(None, {
-        "data.type": "shakespeare", "data.shakespeare.source": "leaf", "data.shakespeare.leaf_dir": str(tmp_path / "leaf"),
+        "data.type": "shakespeare", "data.shakespeare.source": "leaf",
+        "data.shakespeare.leaf_dir": str(tmp_path / "leaf"),
         "data.shakespeare.seq_len": 8, "model.type": "lstm", "model.out_channels": 80, "model.hidden": 16,
         "federate.sample_client_num": 3, "train.local_update_steps": 3, "dataloader.batch_size": 5,
         "train.optimizer.lr": 0.5, "outdir": str(tmp_path / "runs"), "threads": 1, **over})

@@ -1,9 +1,10 @@
 """CharLSTM: next-character prediction model of the Shakespeare column.
 
 Embedding(80, 8) -> 2-layer LSTM (hidden 256, batch_first) -> Linear(256, 80) on the output of the
-last time step. The LSTM is a StackedLSTM (models/vmap_lstm.py): nn.LSTM's parameters and numbers,
-batchable by torch.func.vmap, so the vectorized backend trains cohorts of it. Input: (batch, seq_len) int64 character indices (seq_len 80 in the benchmark);
+last time step. Input: (batch, seq_len) int64 character indices (seq_len 80 in the benchmark);
 output: (batch, vocab_size) logits for the next character. Exactly 819,920 parameters with the defaults.
+The LSTM is a StackedLSTM (models/vmap_lstm.py): nn.LSTM's parameters and numbers, and batchable by
+torch.func.vmap, so the vectorized backend trains cohorts of it.
 """
 from __future__ import annotations
 

@@ -62,7 +62,8 @@ class StackedLSTM(nn.Module):
 
     def layer(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(W_ih, W_hh, b_ih, b_hh) of layer k, read at call time (functional_call swaps them)."""
-        return tuple(getattr(self, f"{name}_l{k}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+        return (getattr(self, f"weight_ih_l{k}"), getattr(self, f"weight_hh_l{k}"), getattr(self, f"bias_ih_l{k}"),
+                getattr(self, f"bias_hh_l{k}"))
 
     def forward(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """x: (batch, seq, input) if batch_first else (seq, batch, input). Returns nn.LSTM's
