@@ -3,7 +3,8 @@
 Plain loop (benchmarks/speed/plain_models.py), fedplug sequential and fedplug vectorized train the
 same few rounds of configs/cpu/fedavg_{convnet2_on_standin,lstm_on_shakespeare}.yaml in this one
 process, in turns, one PyTorch thread; each round counts with its fastest turn. Prints a JSON line
-per model and rewrites speed.md.
+per model and rewrites speed.md, with the vectorized backend's samples per second over the
+sequential one's (the same run, so the ratio holds whatever the machine's load).
 
     python benchmarks/speed/bench_models.py [--model convnet2|lstm|both] [--rounds 3] [--repeats 2] [--forced]
 
@@ -68,10 +69,12 @@ def bench(model: str, rounds: int, repeats: int, forced: bool) -> None:
     runs = {c: {"samples_per_s": rate[c], "vs_plain_loop": rate[c] / rate["plain loop"],
                 "max_diff": max(float((params[c][n] - params["plain loop"][n]).abs().max()) for n in params[c])}
             for c in contenders}
+    vec_vs_seq = rate["fedplug vectorized"] / rate["fedplug sequential"]
     note = (f"{rounds} rounds x {repeats} turns of `{path}` ({k} clients per round). "
             + (f"Vectorized backend: {'; '.join(blockers)}." if blockers else "Vectorized backend: stacked cohorts."))
     save(name, {"command": f"python benchmarks/speed/bench_models.py --model {model} --rounds {rounds} "
                            f"--repeats {repeats}" + (" --forced" if forced else ""), "runs": runs, "note": note,
+                "vectorized_vs_sequential": vec_vs_seq,
                 "goal": "fedplug >= 0.9x the plain loop's samples per second"})
 
 

@@ -68,6 +68,9 @@ def write_markdown() -> None:
             lines += _table(res, "| implementation | samples per second | vs. plain loop | max param diff to plain |",
                             [(k, f"{v['samples_per_s']:.1f}", f"{v['vs_plain_loop']:.2f}x", f"{v['max_diff']:.1e}")
                              for k, v in res["runs"].items()])
+            if "vectorized_vs_sequential" in res:
+                lines += [f"Vectorized vs. sequential: {res['vectorized_vs_sequential']:.2f}x the samples per second.",
+                          ""]
     plugins = _load("plugins_synthetic")
     if plugins:
         lines += ["## Personalized plug-ins, reference Synthetic protocol (whole runs, warm cache)", ""]

@@ -8,7 +8,8 @@ backward for all clients, SGD on the stacked tensors. Cohorts are cut into chunk
 `federate.vectorized.chunk_size` clients (0: as many as `memory_mb` allows).
 
 What cannot vectorize is named, never silently run another way: a plug-in that does not declare
-`vectorizes`, or a layer without a vmap batching rule (LSTM) or with random draws (dropout), makes
+`vectorizes`, or a layer without a vmap batching rule (nn.LSTM, nn.GRU, nn.RNN; CharLSTM's
+StackedLSTM has one: models/vmap_lstm.py) or with random draws (dropout), makes
 the whole client routine run one client at a time through the sequential backend, and
 `blockers()` says why in one line each (logged at start, printed by `fedplug plan`).
 """
@@ -70,8 +71,9 @@ def model_blockers(model: nn.Module) -> list[str]:
     """One line per layer type that cannot run under vmap with the sequential backend's numbers."""
     lines = []
     for kind in sorted({type(m).__name__ for m in model.modules() if isinstance(m, nn.RNNBase)}):
+        hint = "; fedplug.models.vmap_lstm.StackedLSTM is an LSTM that vectorizes" if kind == "LSTM" else ""
         lines.append(f"the model's {kind} layer has no vmap batching rule in PyTorch: client routines run one "
-                     "client at a time (sequential)")
+                     f"client at a time (sequential{hint})")
     if any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules()):
         lines.append("the model has dropout, whose random draws under vmap differ from the sequential ones: "
                      "client routines run one client at a time (sequential)")
