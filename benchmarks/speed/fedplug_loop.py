@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import time
 
+import torch
 
 from fedplug.backends import build_backend
 from fedplug.config import ConfigNode
 from fedplug.core.messages import RoundFacts
 from fedplug.data.federated import FederatedData
+from fedplug.device import place_data
 from fedplug.models import build_model
 from fedplug.run.plan import build_plan
 from fedplug.seeding import CLIENT_SAMPLING, generator
@@ -19,10 +21,19 @@ from fedplug.server.round import RoundAggregation
 from fedplug.server.sampling import clients_per_round, sample_clients
 
 
-def fedplug_rounds(cfg: ConfigNode, data: FederatedData, rounds: int, evaluate: bool = False) -> dict:
-    """Seconds of each round (training and aggregation; evaluation too when `evaluate`), final parameters."""
+def synchronize(device: str | torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously: a timer must not stop before it)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def fedplug_rounds(cfg: ConfigNode, data: FederatedData, rounds: int, evaluate: bool = False,
+                   evaluate_last: bool = False) -> dict:
+    """Seconds of each round (training and aggregation; evaluation too when `evaluate`), final parameters;
+    `evaluate_last`: one evaluation after the last round, timed apart ("eval")."""
     plan = build_plan(cfg)
-    backend = build_backend(cfg, build_model(cfg, data.input_shape, plan), plan, data)
+    device, data = place_data(cfg, data)  # the config's device (auto: CPU on a machine without a GPU)
+    backend = build_backend(cfg, build_model(cfg, data.input_shape, plan).to(device), plan, data)
     global_params = {n: t.clone() for n, t in backend.shared_parameters().items()}
     messages = plan.messages(global_params)
     k = clients_per_round(cfg, data.num_clients)
@@ -39,6 +50,14 @@ def fedplug_rounds(cfg: ConfigNode, data: FederatedData, rounds: int, evaluate: 
         if evaluate:
             for split in ("val", "test"):
                 backend.evaluate(global_params, split)
+        synchronize(device)
         seconds.append(time.perf_counter() - started)
-    return {"seconds": seconds, "samples": samples, "params": global_params,
-            "vectorized": getattr(backend, "vectorized", False)}
+    result = {"seconds": seconds, "samples": samples, "params": global_params,
+              "vectorized": getattr(backend, "vectorized", False)}
+    if evaluate_last:
+        started = time.perf_counter()
+        for split in ("val", "test"):
+            backend.evaluate(global_params, split)
+        synchronize(device)
+        result["eval"] = time.perf_counter() - started
+    return result

@@ -89,7 +89,7 @@ def coordinatewise(uploads: list[Upload], name: str, rule: Callable[[torch.Tenso
     for ConvNet2's first dense layer at n = 10) on top of the uploads."""
     first = uploads[0].params[name]
     flat = [u.params[name].reshape(-1) for u in uploads]
-    out = torch.empty(first.numel(), dtype=first.dtype)
+    out = torch.empty(first.numel(), dtype=first.dtype, device=first.device)
     for start in range(0, first.numel(), COORDINATES_AT_ONCE):
         part = slice(start, start + COORDINATES_AT_ONCE)
         out[part] = rule(torch.stack([f[part] for f in flat]))
@@ -110,7 +110,7 @@ def squared_distances(uploads: list[Upload]) -> torch.Tensor:
     """(n, n) squared L2 distances between the uploads over all shared parameters, summed in float64. Distances
     of uploads equal those of updates (upload - global): the global model cancels."""
     n = len(uploads)
-    total = torch.zeros(n, n, dtype=torch.float64)
+    total = torch.zeros(n, n, dtype=torch.float64, device=next(iter(uploads[0].params.values())).device)
     for name in uploads[0].params:
         flat = stacked(uploads, name).reshape(n, -1)
         # Each pair's differences directly, not through a Gram matrix: no cancellation, an exact 0 for equal
@@ -124,7 +124,9 @@ def norm(tensors: Params) -> float:
     return float(torch.sqrt(sum((t.double() ** 2).sum() for t in tensors.values())))
 
 
-def weights_of(uploads: list[Upload], facts: RoundFacts, like: torch.Tensor) -> torch.Tensor:
-    """The uploads' aggregation weights as a (n, 1, ..., 1) tensor that broadcasts against a stacked parameter."""
-    w = torch.tensor([facts.weights[u.client] for u in uploads], dtype=torch.float64)
-    return w.reshape((len(uploads),) + (1,) * (like.dim() - 1))
+def weights_of(uploads: list[Upload], facts: RoundFacts, dims: int) -> torch.Tensor:
+    """The uploads' aggregation weights as a (n, 1, ..., 1) tensor of `dims` dimensions on the uploads' device:
+    it broadcasts against a stacked parameter."""
+    device = next(iter(uploads[0].params.values())).device
+    w = torch.tensor([facts.weights[u.client] for u in uploads], dtype=torch.float64, device=device)
+    return w.reshape((len(uploads),) + (1,) * (dims - 1))

@@ -55,6 +55,6 @@ class Bulyan(RobustRule):
         chosen = [uploads[i] for i in bulyan_selection(squared_distances(uploads), self.f)]
         facts.selected = [u.client for u in chosen]
         beta = len(chosen) - 2 * self.f
-        weights = weights_of(chosen, facts, torch.empty(1, 1))  # (n, 1): against (n, k) slices of coordinates
+        weights = weights_of(chosen, facts, 2)  # (n, 1): against (n, k) slices of coordinates
         return {name: coordinatewise(chosen, name, lambda values: closest_to_median(values, weights, beta))
                 for name in uploads[0].params}

@@ -27,7 +27,7 @@ from fedplug.core.plugin import Params
 def krum_scores(distances: torch.Tensor, neighbours: int) -> torch.Tensor:
     """Each row's sum of its `neighbours` smallest squared distances to the other rows (Krum: n - f - 2)."""
     n = distances.shape[0]
-    others = distances.masked_fill(torch.eye(n, dtype=torch.bool), float("inf"))  # never one's own neighbour
+    others = distances.masked_fill(torch.eye(n, dtype=torch.bool, device=distances.device), float("inf"))  # never one's own neighbour
     closest = torch.sort(others, dim=1).values[:, :neighbours]
     return closest.sum(1)
 

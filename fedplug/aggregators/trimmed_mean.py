@@ -53,6 +53,6 @@ class TrimmedMean(RobustRule):
         k = self.excluded(len(uploads))
         if k == 0:
             return weighted_mean(uploads, facts)  # nothing excluded: the server's own mean
-        weights = weights_of(uploads, facts, torch.empty(1, 1))  # (n, 1): against (n, k) slices of coordinates
+        weights = weights_of(uploads, facts, 2)  # (n, 1): against (n, k) slices of coordinates
         return {name: coordinatewise(uploads, name, lambda values: trimmed_coordinates(values, weights, k))
                 for name in uploads[0].params}

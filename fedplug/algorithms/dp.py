@@ -57,7 +57,9 @@ def noised_mean(old: Params, aggregate: Params, received: int, expected: int, si
                                                    for n in aggregate}
     if sigma == 0:
         return new
-    return {n: t + torch.randn(t.shape, generator=noise, dtype=t.dtype) * (sigma / expected) for n, t in new.items()}
+    # drawn on the CPU generator, then moved: the same noise on every device
+    return {n: t + torch.randn(t.shape, generator=noise, dtype=t.dtype).to(t.device) * (sigma / expected)
+            for n, t in new.items()}
 
 
 class DPFedAvg(Plugin):

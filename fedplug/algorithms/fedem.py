@@ -29,6 +29,7 @@ from torch import nn
 
 from fedplug.config import ConfigNode
 from fedplug.core.context import Context, CtxVar
+from fedplug.core.default_hooks import on_device
 from fedplug.core.plugin import HookSpec, Plugin
 
 
@@ -114,7 +115,9 @@ class FedEM(Plugin):
         size = ctx.cfg.eval.batch_size  # chunked, so large clients do not need one huge forward pass
         model.eval()  # the E-step only reads the received components
         with torch.no_grad():
-            losses = torch.cat([_per_sample_losses(model.component_log_probs(ctx.x[s:s + size]), ctx.y[s:s + size])
+            device = ctx.get("device")
+            losses = torch.cat([_per_sample_losses(model.component_log_probs(on_device(ctx.x[s:s + size], device)),
+                                                   on_device(ctx.y[s:s + size], device))
                                 for s in range(0, ctx.x.shape[0], size)], dim=1)
             pi = self._pi(ctx).to(losses)
             q = responsibilities(losses, pi)

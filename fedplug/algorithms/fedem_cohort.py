@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
 from fedplug.backends.masked_norm import row_mask
+from fedplug.core.default_hooks import on_device
 from fedplug.core.params import Params
 
 
@@ -41,9 +42,9 @@ def _nll_rows(log_probs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return -log_probs.gather(-1, y.unsqueeze(-1).expand(*log_probs.shape[:-1], 1)).squeeze(-1)
 
 
-def kept_pi(states: list[dict[str, torch.Tensor]], count: int) -> torch.Tensor:
+def kept_pi(states: list[dict[str, torch.Tensor]], count: int, device: torch.device) -> torch.Tensor:
     """(C, M): each client's kept mixture weights, uniform before its first local update."""
-    uniform = torch.full((count,), 1.0 / count)
+    uniform = torch.full((count,), 1.0 / count, device=device)
     return torch.stack([s["pi"] if "pi" in s else uniform for s in states])
 
 
@@ -56,8 +57,9 @@ def e_step(cohort: Any, count: int, name: str) -> None:
     """q(m|i) over each client's training split with the received components; pi <- mean_i q."""
     backend = cohort.backend
     split = backend.data.splits["train"]
-    sizes = torch.tensor(cohort.sizes)
+    sizes = torch.tensor(cohort.sizes)  # row indices are built on the host, then moved where the data are
     starts = torch.tensor(cohort.offsets).view(-1, 1)
+    device = backend.device
     most = int(sizes.max())
     block = max(1, min(most, backend.cfg.eval.batch_size))
     params = {n: t.detach() for n, t in cohort.params.items()}
@@ -67,13 +69,15 @@ def e_step(cohort: Any, count: int, name: str) -> None:
         for start in range(0, most, block):
             pos = torch.arange(start, min(start + block, most)).view(1, -1)
             real = pos < sizes.view(-1, 1)
-            index = torch.where(real, starts + pos, starts)
-            log_probs = component_log_probs(backend.model, params, cohort.buffers, split.x[index], real.float())
-            losses.append(_nll_rows(log_probs, split.y[index].unsqueeze(1)))
+            index = torch.where(real, starts + pos, starts).to(split.y.device)
+            x, y = on_device(split.x[index], device), on_device(split.y[index], device)
+            log_probs = component_log_probs(backend.model, params, cohort.buffers, x, real.float().to(device))
+            losses.append(_nll_rows(log_probs, y.unsqueeze(1)))
         losses = torch.cat(losses, dim=2)  # (C, M, rows)
-        log_joint = torch.log(kept_pi(cohort.states(name), count)).unsqueeze(2) - losses
+        log_joint = torch.log(kept_pi(cohort.states(name), count, device)).unsqueeze(2) - losses
         q = torch.exp(log_joint - torch.logsumexp(log_joint, dim=1, keepdim=True))
-        real = (torch.arange(most).view(1, -1) < sizes.view(-1, 1)).unsqueeze(1)
+        sizes = sizes.to(device)
+        real = (torch.arange(most, device=device).view(1, -1) < sizes.view(-1, 1)).unsqueeze(1)
         pi = (q * real).sum(dim=2) / sizes.view(-1, 1)
     backend.model.train()
     cohort.extra["fedem_q"], cohort.extra["fedem_pi"] = q, pi
@@ -100,4 +104,4 @@ def keep_pi(cohort: Any, name: str) -> None:
 def eval_outputs(backend: Any, clients: list[int], params: Params, buffers: Params, x: torch.Tensor,
                  mask: torch.Tensor, name: str, count: int) -> torch.Tensor:
     log_probs = component_log_probs(backend.model, params, buffers, x, mask.float())
-    return mixture(log_probs, kept_pi([backend.client_states(c)[name] for c in clients], count))
+    return mixture(log_probs, kept_pi([backend.client_states(c)[name] for c in clients], count, backend.device))

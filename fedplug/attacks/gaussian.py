@@ -19,7 +19,7 @@ from fedplug.seeding import ATTACK_NOISE, generator
 
 def noisy(params: Params, received: Params, std: float, mode: str, rng: torch.Generator) -> Params:
     """x + noise (replace) or y + noise (add); noise drawn parameter by parameter, in the model's order."""
-    noise = {n: std * torch.randn(p.shape, generator=rng, dtype=p.dtype) for n, p in params.items()}
+    noise = {n: std * torch.randn(p.shape, generator=rng, dtype=p.dtype).to(p.device) for n, p in params.items()}
     base = update(params, received) if mode == "add" else {n: torch.zeros_like(p) for n, p in params.items()}
     return moved(received, {n: base[n] + noise[n] for n in params})
 

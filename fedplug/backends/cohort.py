@@ -13,6 +13,7 @@ import torch
 
 from fedplug.backends.functional import SGDStep, masked_losses
 from fedplug.backends.schedule import CohortBatches, cohort_batches
+from fedplug.core.default_hooks import on_device
 from fedplug.core.params import Params
 from fedplug.seeding import CLIENT_TRAINING, generator
 
@@ -59,21 +60,23 @@ class Cohort:
         Returns per client the summed batch losses (float64), the samples processed and the steps taken.
         """
         cfg = self.backend.cfg
-        batches = cohort_batches(self.sizes, self.offsets, self.generators, cfg.dataloader.batch_size,
-                                 cfg.dataloader.drop_last, steps, cfg.train.batch_or_epoch)
+        drawn = cohort_batches(self.sizes, self.offsets, self.generators, cfg.dataloader.batch_size,
+                               cfg.dataloader.drop_last, steps, cfg.train.batch_or_epoch)  # on CPU, like the draws
+        device = self.backend.device
+        batches, rows_index = drawn.to(device), drawn.index.to(self.backend.data.splits["train"].y.device)
         opt = cfg.train.optimizer
         sgd = SGDStep(lr, opt.momentum, opt.weight_decay, cfg.grad.grad_clip)
-        loss_sum = torch.zeros(len(self), dtype=torch.float64)
+        loss_sum = torch.zeros(len(self), dtype=torch.float64, device=device)
         self.backend.model.train()
         for s in range(batches.num_steps):
-            counts = batches.counts[s]
+            counts = drawn.counts[s]  # read on the host: no device synchronisation per step
             k = int((counts > 0).sum())  # the clients still training: a prefix
             if not bool((counts[:k] > 0).all()):  # cannot happen with the Trainer's schedule; never guess
                 raise RuntimeError(f"step {s}: the clients still training are not the cohort's first {k}")
             rows = params if k == len(self) else {n: p[:k] for n, p in params.items()}
 
             def forward_loss(s: int = s, k: int = k, rows: Params = rows) -> tuple[torch.Tensor, torch.Tensor]:
-                task, loss_batch = self._batch_losses(rows, batches, s, k)
+                task, loss_batch = self._batch_losses(rows, batches, rows_index[s, :k], s, k)
                 task = task if penalty is None else task + penalty(rows)
                 return task, loss_batch.detach()
 
@@ -86,8 +89,8 @@ class Cohort:
                 sgd(leaves, grads, k)
             else:
                 loss_batch = step(rows, forward_loss, k)
-            loss_sum[:k] += loss_batch.double() * counts[:k]
-        return loss_sum, batches.counts.sum(dim=0), (batches.counts > 0).sum(dim=0)
+            loss_sum[:k] += loss_batch.double() * batches.counts[s, :k]
+        return loss_sum, drawn.counts.sum(dim=0), (drawn.counts > 0).sum(dim=0)
 
     def _gradient_point(self, gradient: Gradient, rows: Params, grads: list[torch.Tensor],
                         k: int) -> list[torch.Tensor]:
@@ -98,15 +101,16 @@ class Cohort:
         shared = gradient(shared, values, k)
         return [shared.get(n, g) for n, g in zip(names, grads)]
 
-    def _batch_losses(self, params: Params, batches: CohortBatches, s: int,
+    def _batch_losses(self, params: Params, batches: CohortBatches, rows: torch.Tensor, s: int,
                       k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss_task, loss_batch), each (k,), of the first k clients' batches at step `s`."""
+        """(loss_task, loss_batch), each (k,), of the first k clients' batches at step `s` (`rows`: their
+        indices, on the data's device)."""
         split = self.backend.data.splits["train"]
         index, mask, counts = batches.index[s, :k], batches.mask[s, :k], batches.counts[s, :k]
-        x, y = split.x[index], split.y[index]
+        x, y = on_device(split.x[rows], index.device), on_device(split.y[rows], index.device)
         buffers = self.buffers if k == len(self) else {n: b[:k] for n, b in self.buffers.items()}
         for plugin in self.backend.loss_plugins:  # FedEM: the q-weighted mixture losses
-            local = index - torch.tensor(self.offsets[:k]).view(-1, 1)
+            local = index - torch.tensor(self.offsets[:k], device=index.device).view(-1, 1)
             return plugin.cohort_losses(self, params, buffers, x, y, mask, local)
         if bool(mask.all()):
             loss = masked_losses(self.backend.forward(params, buffers, x), y, None, counts)

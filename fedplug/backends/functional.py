@@ -41,9 +41,9 @@ def make_masked_forward(model: nn.Module) -> Callable[[Params, Params, torch.Ten
     return vmap(one)
 
 
-def stack(per_client: list[Params], names: list[str]) -> Params:
-    """{name: (C, ...)} from one dict per client."""
-    return {n: torch.stack([p[n] for p in per_client]) for n in names}
+def stack(per_client: list[Params], names: list[str], device: torch.device | None = None) -> Params:
+    """{name: (C, ...)} from one dict per client, on `device` if given (kept tensors may be in host memory)."""
+    return {n: torch.stack([p[n] for p in per_client]).to(device) for n in names}
 
 
 def masked_losses(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None,

@@ -25,6 +25,9 @@ class CohortBatches:
     def num_steps(self) -> int:
         return self.index.shape[0]
 
+    def to(self, device: torch.device) -> CohortBatches:
+        return CohortBatches(self.index.to(device), self.mask.to(device), self.counts.to(device))
+
     def uniform(self, step: int) -> bool:
         """Every client's batch at `step` is full: no padding, no mask needed."""
         return bool(self.mask[step].all())

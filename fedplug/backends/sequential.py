@@ -8,9 +8,10 @@ Per-client state lives in plain dicts of tensors, never in model objects.
 """
 from __future__ import annotations
 
+import contextlib
 from functools import partial
 from types import MappingProxyType
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -22,6 +23,7 @@ from fedplug.core.params import Params
 from fedplug.core.plugin import LocalView, Plugin
 from fedplug.core.trainer import Trainer
 from fedplug.data.federated import FederatedData
+from fedplug.device import to_device
 from fedplug.seeding import CLIENT_TRAINING, generator
 
 
@@ -35,6 +37,10 @@ class SequentialBackend:
         self.shared_names = [n for n in names if n not in self.local_names]
         # Kept per client: local parameters and every buffer (BatchNorm statistics never travel).
         self.kept_names = sorted(self.local_names) + [n for n, _ in model.named_buffers()]
+        self.device = next(model.parameters()).device
+        # federate.client_state: between visits, clients' tensors stay on the device or go to host memory
+        on_device = cfg.federate.client_state == "device"
+        self.state_device = self.device if on_device else torch.device("cpu")
         self._initial_kept = self._read(self.kept_names)
         self._kept: dict[int, Params] = {}  # client -> its kept tensors
         self._states: dict[int, dict[str, dict[str, torch.Tensor]]] = {}  # client -> plug-in -> state
@@ -45,7 +51,7 @@ class SequentialBackend:
 
     def _read(self, names: list[str]) -> Params:
         tensors = self._tensors()
-        return {n: tensors[n].detach().clone() for n in names}
+        return {n: tensors[n].detach().to(self.state_device, copy=True) for n in names}
 
     def shared_parameters(self) -> Params:
         params = dict(self.model.named_parameters())
@@ -54,6 +60,24 @@ class SequentialBackend:
     def client_states(self, client: int) -> dict[str, dict[str, torch.Tensor]]:
         states = self._states.setdefault(client, {})
         return {p.name: states.setdefault(p.name, {}) for p in self.plan.plugins}
+
+    @contextlib.contextmanager
+    def visiting(self, clients: Iterable[int]) -> Iterator[None]:
+        """The clients' plug-in states on the device during a visit, back in host memory after (when they live
+        there: `federate.client_state host` on a GPU). The states' dicts stay the same objects."""
+        if self.state_device == self.device:
+            yield
+            return
+        held = [self.client_states(c) for c in clients]
+        for per_plugin in held:
+            for state in per_plugin.values():
+                state.update(to_device(state, self.device))
+        try:
+            yield
+        finally:
+            for per_plugin in held:
+                for state in per_plugin.values():
+                    state.update(to_device(state, self.state_device))
 
     def download(self, client: int, global_params: Params) -> None:
         kept = self._kept.get(client, self._initial_kept)
@@ -75,7 +99,11 @@ class SequentialBackend:
     def train_client(self, client: int, round_num: int, global_params: Params,
                      extras: dict[str, Params] | None = None) -> dict[str, Any]:
         """One local update; the uploaded tensors are views, read them before the next visit."""
-        extras = extras or {}
+        with self.visiting([client]):
+            return self._train_client(client, round_num, global_params, extras or {})
+
+    def _train_client(self, client: int, round_num: int, global_params: Params,
+                      extras: dict[str, Params]) -> dict[str, Any]:
         self.download(client, global_params)
         states = self.init_states(client, global_params)
         lr = self.cfg.train.optimizer.lr
@@ -125,8 +153,9 @@ class SequentialBackend:
 
     def import_client_state(self, kept: dict[int, Params], states: dict[int, dict[str, Params]]) -> None:
         """Replace every client's kept tensors and plug-in states (resuming from a checkpoint)."""
-        self._kept = dict(kept)
-        self._states = {client: dict(per_plugin) for client, per_plugin in states.items()}
+        self._kept = {client: to_device(tensors, self.state_device) for client, tensors in kept.items()}
+        self._states = {client: {name: to_device(state, self.state_device) for name, state in per_plugin.items()}
+                        for client, per_plugin in states.items()}
 
     def evaluate(self, global_params: Params, split: str) -> list[dict[str, Any]]:
         """Every client on `split`, each with the model it is judged by."""
@@ -136,9 +165,10 @@ class SequentialBackend:
         for client in range(self.data.num_clients):
             if self.per_client_eval:
                 self.download(client, global_params)
-            results.append(self.trainer.evaluate(*self.data.splits[split].client(client), split=split,
-                                                 client_id=client, client_states=self.client_states(client),
-                                                 global_params=global_params, trainer=self.trainer))
+            with self.visiting([client]):
+                results.append(self.trainer.evaluate(*self.data.splits[split].client(client), split=split,
+                                                     client_id=client, client_states=self.client_states(client),
+                                                     global_params=global_params, trainer=self.trainer))
         return results
 
 

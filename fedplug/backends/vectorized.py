@@ -159,8 +159,8 @@ class VectorizedBackend(SequentialBackend):
                 one = self._laid_out(name, received[name].detach())
                 params[name] = one.unsqueeze(0).expand(count, *one.shape)
             else:
-                params[name] = torch.stack([k[name] for k in kept])
-        buffers = stack(kept, self.buffer_names) if self.buffer_names else {}
+                params[name] = torch.stack([k[name] for k in kept]).to(self.device)
+        buffers = stack(kept, self.buffer_names, self.device) if self.buffer_names else {}
         return self.leaves(params), buffers
 
     def _laid_out(self, name: str, t: torch.Tensor) -> torch.Tensor:
@@ -182,34 +182,41 @@ class VectorizedBackend(SequentialBackend):
             yield from super().train_cohort(clients, round_num, global_params, extras)
             return
         extras = extras or {}
+        for start in range(0, len(clients), self.chunk_train):
+            chunk = clients[start:start + self.chunk_train]
+            with self.visiting(chunk):
+                yield from self._train_chunk(chunk, round_num, global_params, extras)
+
+    def _train_chunk(self, chunk: list[int], round_num: int, global_params: Params,
+                     extras: dict[str, Params]) -> Iterator[Upload]:
         train = self.cfg.train
         penalties = [p for p in self.plan.plugins if type(p).cohort_penalty is not Plugin.cohort_penalty]
         steppers = [p for p in self.plan.plugins if type(p).cohort_step is not Plugin.cohort_step]
-        for start in range(0, len(clients), self.chunk_train):
-            for client in clients[start:start + self.chunk_train]:
-                self.init_states(client, global_params)
-            cohort = Cohort(self, clients[start:start + self.chunk_train], round_num, global_params)
-            for plugin in self.plan.plugins:
-                plugin.cohort_fit_start(cohort)
+        for client in chunk:
+            self.init_states(client, global_params)
+        cohort = Cohort(self, chunk, round_num, global_params)
+        for plugin in self.plan.plugins:
+            plugin.cohort_fit_start(cohort)
 
-            def penalty(params: Params, cohort: Cohort = cohort) -> torch.Tensor:
-                return sum(p.cohort_penalty(params, cohort.received) for p in penalties)
+        def penalty(params: Params) -> torch.Tensor:
+            return sum(p.cohort_penalty(params, cohort.received) for p in penalties)
 
-            step = steppers[0].cohort_step(cohort) if steppers else None
-            loss_sum, samples, steps = cohort.train(cohort.params, train.local_update_steps, train.optimizer.lr,
-                                                    penalty if penalties else None, step,
-                                                    self._gradient_point(cohort, extras))
-            for plugin in self.plan.plugins:
-                plugin.cohort_fit_end(cohort)
-            self._keep(cohort)
-            position = {c: i for i, c in enumerate(cohort.clients)}  # the cohort runs largest first
-            for client in clients[start:start + self.chunk_train]:
-                i = position[client]
-                n = int(samples[i])
-                params = {name: cohort.params[name][i].detach() for name in self.shared_names}
-                metrics = {"train_total": n, "train_steps": int(steps[i]), "train_loss": float(loss_sum[i]) / max(n, 1)}
-                params, uploads = self._uploads(client, round_num, params, global_params, extras, metrics)
-                yield Upload(client, params, metrics, uploads)
+        step = steppers[0].cohort_step(cohort) if steppers else None
+        loss_sum, samples, steps = cohort.train(cohort.params, train.local_update_steps, train.optimizer.lr,
+                                                penalty if penalties else None, step,
+                                                self._gradient_point(cohort, extras))
+        for plugin in self.plan.plugins:
+            plugin.cohort_fit_end(cohort)
+        self._keep(cohort)
+        position = {c: i for i, c in enumerate(cohort.clients)}  # the cohort runs largest first
+        samples, steps, loss_sum = samples.tolist(), steps.tolist(), loss_sum.tolist()  # one transfer each
+        for client in chunk:
+            i = position[client]
+            n = int(samples[i])
+            params = {name: cohort.params[name][i].detach() for name in self.shared_names}
+            metrics = {"train_total": n, "train_steps": int(steps[i]), "train_loss": float(loss_sum[i]) / max(n, 1)}
+            params, uploads = self._uploads(client, round_num, params, global_params, extras, metrics)
+            yield Upload(client, params, metrics, uploads)
 
     def _gradient_point(self, cohort: Cohort, extras: dict[str, Params]) -> Gradient | None:
         """The plan's gradient transforms on stacked gradients, with each plug-in's client states stacked."""
@@ -235,7 +242,7 @@ class VectorizedBackend(SequentialBackend):
             return
         tensors = {**cohort.params, **cohort.buffers}
         for i, client in enumerate(cohort.clients):
-            self._kept[client] = {n: tensors[n][i].detach().clone() for n in self.kept_names}
+            self._kept[client] = {n: tensors[n][i].detach().to(self.state_device, copy=True) for n in self.kept_names}
 
     # -- evaluation -------------------------------------------------------------------------------
     def evaluate(self, global_params: Params, split: str) -> list[dict[str, Any]]:

@@ -13,6 +13,7 @@ from typing import Any, Iterable
 import yaml
 
 from fedplug.config.schema import ALIASES, ROOT, ConfigNode, Key, Section
+from fedplug.device import from_federatedscope
 from fedplug.errors import ConfigError
 
 SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
@@ -201,6 +202,8 @@ def load_config(cfg_file: str | Path | None = None, overrides: list[str] | dict[
 
     tree = read_yaml(cfg_file) if cfg_file is not None else {}
     words = parse_overrides(overrides) if overrides and not isinstance(overrides, dict) else {}
+    overrides = dict(overrides) if isinstance(overrides, dict) else overrides
+    use_gpu = _pop_use_gpu(tree, words, overrides)
     sections = set(tree) | {k.split(".")[0] for k in (overrides if isinstance(overrides, dict) else words)}
     modules = _override_list(words.get("plugins"))
     for given in (tree.get("plugins"), overrides.get("plugins") if isinstance(overrides, dict) else None):
@@ -223,9 +226,20 @@ def load_config(cfg_file: str | Path | None = None, overrides: list[str] | dict[
                     raise ConfigError(f"'{path}' is a section, not a key.{suggest(path, all_keys)}")
                 raise ConfigError(f"unknown config key '{path}' in the overrides.{suggest(path, all_keys)}")
             values[path] = _parse_override_value(path, key, raw)
+    if use_gpu is not None or "device" in values:
+        values["device"] = from_federatedscope(values.get("device", "auto"), use_gpu)
     checked = {path: coerce(path, ROOT.find(path), value) for path, value in values.items()}  # type: ignore[arg-type]
     _switch_on_method(checked)
     return build_config(checked)
+
+
+def _pop_use_gpu(*sources: Any) -> Any:
+    """FederatedScope's top-level `use_gpu` (no key of ours: it becomes `device`), the last one given."""
+    found = None
+    for source in sources:
+        if isinstance(source, dict) and "use_gpu" in source:
+            found = source.pop("use_gpu")
+    return found
 
 
 def _switch_on_method(values: dict[str, Any]) -> None:

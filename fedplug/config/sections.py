@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from fedplug.config.schema import Key, Section, register_alias, register_key, register_section
+from fedplug.device import valid_spec
 
 ROBUST_RULES = ("none", "fedavg", "krum", "multikrum", "median", "trimmedmean", "bulyan", "normbounding",
                 "centeredclip")  # aggregator.rule; fedplug/algorithms/registry.py maps each robust one to its file
@@ -16,6 +17,11 @@ register_key("plugins", Key([], "user plug-ins to load before the config is read
                             type=list, item_type=str))
 register_key("threads", Key(0, "PyTorch CPU threads; 0: PyTorch's default (one per core). 1 is fastest for small models "
                               "and when several runs share a machine", **_non_negative))
+register_key("device", Key("auto", "where the model trains: auto (CUDA if present, else MPS, else CPU), cpu, cuda, "
+                           "cuda:N or mps (docs/gpu.md); FederatedScope's use_gpu / device: N are read too",
+                           check=lambda v: valid_spec(v), check_msg="auto, cpu, cuda, cuda:N or mps"))
+register_key("deterministic", Key(False, "PyTorch's deterministic algorithms (on CUDA also a fixed cuBLAS workspace and "
+                                        "no cuDNN autotuning): the same results on every rerun, at some speed"))
 # A name, not a path: `../x` or `a/b` would put the run folder outside outdir or in a folder of its own.
 register_key("expname", Key("", "run folder name prefix; empty: <method>_<model>_on_<data>",
                             check=lambda v: "/" not in v and "\\" not in v and v not in (".", ".."),
@@ -33,6 +39,9 @@ register_section("federate", Section("the federation: rounds, clients, sampling"
     "sample_client_num": Key(-1, "clients sampled each round; overrides sample_client_rate when > 0"),
     "min_received_num": Key(1, "distributed: results needed by a round's deadline; with fewer the round is skipped "
                             "(the global model stays)", **_positive),
+    "client_state": Key("host", "on a GPU, where per-client state (local parameters, plug-in states) is kept between "
+                        "visits: host (the default: any number of clients fits; moved to the GPU for a visit) or device",
+                        choices=("host", "device")),
     "backend": Key("sequential", "how a round's clients run: sequential (one model object, the reference) or "
                    "vectorized (a cohort at once with torch.func; the same numbers up to float rounding)",
                    choices=("sequential", "vectorized")),
@@ -80,6 +89,9 @@ register_section("data", Section("the federated data set", {
     "subsample": Key(1.0, "seeded fraction of the data set kept: of the roles (shakespeare) or of LEAF's shards "
                      "(femnist); the reference uses 0.2 and 0.05", check=lambda v: 0 < v <= 1, check_msg="in (0, 1]"),
     "root": Key("", "cache folder for generated or downloaded data; empty: $FEDPLUG_CACHE or ~/.cache/fedplug"),
+    "placement": Key("auto", "on a GPU, where the data set lives: device (on the GPU), host (pinned host memory, moved "
+                     "one batch at a time), auto (device when it takes at most half the GPU's free memory)",
+                     choices=("auto", "device", "host")),
     "synthetic": Section("FedEM's synthetic mixture data (the published Synthetic set)", {
         "num_clients": Key(300, "number of clients generated", **_positive),
         "dim": Key(150, "feature dimension", **_positive),

@@ -1,7 +1,7 @@
 """The default training and evaluation routines, written as hooks.
 
 Names follow the seed (`_hook_on_<trigger>_<what>`), so plug-ins and users can anchor to them.
-Context variables the routines read: `model`, `cfg`, `criterion`, `x`/`y` (the current split),
+Context variables the routines read: `model`, `cfg`, `criterion`, `device` (the model's), `x`/`y` (the current split),
 `generator` and `lr` (train only), and the schedule the Trainer sets (`num_batch`,
 `batch_size_cfg`, ...). The runner adds `client_id`, `client_states`, `global_params` (what the
 client received), `received_extras` (the plug-ins' broadcast tensors), `trainer`, and for the
@@ -40,17 +40,25 @@ def _hook_on_epoch_start_shuffle(ctx: Context) -> None:
 def _hook_on_batch_start_gather(ctx: Context) -> None:
     start = ctx.cur_batch_i * ctx.batch_size_cfg
     index = ctx.batch_order[start:start + ctx.batch_size_cfg]
+    device = ctx.get("device")
     ctx.batch_index = CtxVar(index, "batch")  # rows of ctx.x in this batch
-    ctx.x_batch = CtxVar(ctx.x[index], "batch")
-    ctx.y_batch = CtxVar(ctx.y[index], "batch")
+    ctx.x_batch = CtxVar(on_device(ctx.x[index], device), "batch")
+    ctx.y_batch = CtxVar(on_device(ctx.y[index], device), "batch")
     ctx.batch_size = CtxVar(index.shape[0], "batch")
+
+
+def on_device(batch: torch.Tensor, device: torch.device | None) -> torch.Tensor:
+    """A batch of data kept in (pinned) host memory, copied to the model's device; else the batch itself (also
+    when no device is given: a Context built by hand, in a test)."""
+    return batch if device is None or batch.device == device else batch.to(device, non_blocking=True)
 
 
 def _hook_on_batch_start_slice(ctx: Context) -> None:
     """Evaluation reads contiguous views: no shuffling, no copies."""
     start = ctx.cur_batch_i * ctx.batch_size_cfg
-    ctx.x_batch = CtxVar(ctx.x[start:start + ctx.batch_size_cfg], "batch")
-    ctx.y_batch = CtxVar(ctx.y[start:start + ctx.batch_size_cfg], "batch")
+    device = ctx.get("device")
+    ctx.x_batch = CtxVar(on_device(ctx.x[start:start + ctx.batch_size_cfg], device), "batch")
+    ctx.y_batch = CtxVar(on_device(ctx.y[start:start + ctx.batch_size_cfg], device), "batch")
     ctx.batch_size = CtxVar(ctx.y_batch.shape[0], "batch")
 
 

@@ -39,6 +39,11 @@ class Trainer:
         self.criterion = criterion or torch.nn.CrossEntropyLoss()
         self.hooks: dict[str, HookTable] = {"train": default_train_hooks(), "eval": default_eval_hooks()}
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model is (fedplug/device.py put it there); batches are moved here when the data are not."""
+        return next(self.model.parameters()).device
+
     # -- running ---------------------------------------------------------------------------------
     def train(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, *, table: HookTable | None = None,
               local_update_steps: int | None = None, lr: float | None = None, **extra: Any) -> dict[str, Any]:
@@ -68,7 +73,7 @@ class Trainer:
     def _context(self, mode: str, split: str, x: torch.Tensor, y: torch.Tensor, batch_size: int, per_epoch: int,
                  epochs: int, last: int, **extra: Any) -> Context:
         return Context(model=self.model, cfg=self.cfg, criterion=self.criterion, cur_mode=mode, cur_split=split,
-                       x=x, y=y, batch_size_cfg=batch_size, num_batch=per_epoch, num_epoch=epochs,
+                       device=self.device, x=x, y=y, batch_size_cfg=batch_size, num_batch=per_epoch, num_epoch=epochs,
                        num_batch_last_epoch=last, **extra)
 
     @staticmethod

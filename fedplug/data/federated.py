@@ -23,7 +23,7 @@ class TokenWindows:
 
     def __init__(self, tokens: torch.Tensor, starts: torch.Tensor, width: int) -> None:
         self.tokens, self.starts, self.width = tokens, starts, width
-        self._offsets = torch.arange(width, dtype=torch.int64)
+        self._offsets = torch.arange(width, dtype=torch.int64, device=starts.device)
 
     @property
     def shape(self) -> torch.Size:
@@ -39,6 +39,15 @@ class TokenWindows:
 
     def rows(self, lo: int, hi: int) -> TokenWindows:
         return TokenWindows(self.tokens, self.starts[lo:hi], self.width)
+
+    def to(self, device: torch.device, pin: bool = False) -> TokenWindows:
+        """The same windows with the token stream and start indices on `device` (or pinned in host memory)."""
+        move = (lambda t: t.pin_memory()) if pin else (lambda t: t.to(device))
+        return TokenWindows(move(self.tokens), move(self.starts), self.width)
+
+    @property
+    def device(self) -> torch.device:
+        return self.tokens.device
 
     @property
     def nbytes(self) -> int:
@@ -87,6 +96,16 @@ class FederatedData:
             if isinstance(split.x, TokenWindows):
                 streams[split.x.tokens.data_ptr()] = split.x.tokens.nbytes
         return total + sum(streams.values())
+
+    def to(self, device: torch.device, pin: bool = False) -> FederatedData:
+        """Every split on `device`; `pin`: in page-locked host memory instead (batches then move on their own)."""
+        def move(t: torch.Tensor | TokenWindows) -> torch.Tensor | TokenWindows:
+            if isinstance(t, TokenWindows):
+                return t.to(device, pin)
+            return t.pin_memory() if pin else t.to(device)
+
+        splits = {name: SplitData(move(s.x), move(s.y), s.offsets) for name, s in self.splits.items()}
+        return FederatedData(self.name, splits, self.num_classes)
 
     def first_clients(self, k: int) -> FederatedData:
         """The same data restricted to clients 0..k-1 (views, no copy)."""

@@ -28,6 +28,7 @@ from fedplug.distributed import protocol
 from fedplug.distributed.protocol import PROTOCOL_VERSION, SERVICE, TOKEN_HEADER, Kind, pb
 from fedplug.distributed.security import client_channel, token
 from fedplug.distributed.service import POLL_SECONDS
+from fedplug.device import place_data, to_device
 from fedplug.errors import DataError, UserError
 from fedplug.models import build_model, check_fits
 from fedplug.run import checkpoint
@@ -75,9 +76,11 @@ class ClientProcess:
             if bad:
                 raise UserError(f"--client-id {bad[0]}: the {self.data.name} data have clients 0..{self.num_clients - 1}")
         check_fits(cfg, self.data)
+        self.device, self.data = place_data(cfg, self.data)  # each client process picks its own device
         for plugin in self.plan.with_method("setup"):
             plugin.setup(self.num_clients)  # 0 with its own data file: N unknown here
-        self.backend = SequentialBackend(cfg, build_model(cfg, self.data.input_shape, self.plan), self.plan, self.data)
+        model = build_model(cfg, self.data.input_shape, self.plan).to(self.device)
+        self.backend = SequentialBackend(cfg, model, self.plan, self.data)
         shared = self.backend.shared_parameters()
         self.layout = protocol.layout(shared)  # EVALUATE: the global parameters
         messages = self.plan.messages(shared)  # TRAIN: also the plug-ins' `down` tensors
@@ -183,12 +186,13 @@ class ClientProcess:
                 self._save_state(client, task.round)
             elif task.kind == Kind.Value("TRAIN"):
                 failpoint(f"client{client}_train", task.round)
-                global_params, extras = split_payload(protocol.decode_tensors(task.tensors, self.train_layout))
+                payload = to_device(protocol.decode_tensors(task.tensors, self.train_layout), self.device)
+                global_params, extras = split_payload(payload)
                 update = self.backend.train_client(client, task.round, global_params, extras)
                 result.tensors = protocol.encode_tensors({**update["params"], **flatten_extras(update["extras"])})
                 result.metrics.update(protocol.train_metrics(update))
             else:
-                global_params = protocol.decode_tensors(task.tensors, self.layout)
+                global_params = to_device(protocol.decode_tensors(task.tensors, self.layout), self.device)
                 for split in EVAL_SPLITS:
                     result.metrics.update(protocol.eval_metrics(split, self._evaluate(client, global_params, split)))
 
@@ -196,9 +200,10 @@ class ClientProcess:
         """As SequentialBackend.evaluate does for this one client."""
         b = self.backend
         b.download(client, global_params)
-        return b.trainer.evaluate(*self.data.splits[split].client(client), split=split, client_id=client,
-                                  client_states=b.client_states(client), global_params=global_params,
-                                  trainer=b.trainer)
+        with b.visiting([client]):
+            return b.trainer.evaluate(*self.data.splits[split].client(client), split=split, client_id=client,
+                                      client_states=b.client_states(client), global_params=global_params,
+                                      trainer=b.trainer)
 
     # -- the client's own checkpoints ----------------------------------------------------------------
     def _state_file(self, client: int, round_num: int) -> Path:

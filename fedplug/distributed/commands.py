@@ -74,10 +74,11 @@ def cmd_client(argv: list[str]) -> int:
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)
     logger.propagate = False
+    from fedplug.device import deterministic, resolve
     from fedplug.distributed.client import ClientProcess
     from fedplug.run.simulation import torch_threads
 
-    with torch_threads(cfg.threads):
+    with torch_threads(cfg.threads), deterministic(cfg.deterministic, resolve(cfg.device)):
         return ClientProcess(cfg, ids).run()
 
 

@@ -48,7 +48,7 @@ def encode_tensors(tensors: Params) -> bytes:
 
     out, storages = {}, set()
     for name, t in tensors.items():
-        t = t.detach().contiguous()
+        t = t.detach().cpu().contiguous()  # the wire carries CPU tensors, whatever the sender's device
         storage = t.untyped_storage().data_ptr()
         out[name] = t.clone() if storage in storages else t
         storages.add(storage)

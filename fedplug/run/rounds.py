@@ -22,6 +22,7 @@ from fedplug.config import ConfigNode
 from fedplug.core.compose import Plan
 from fedplug.core.messages import RoundFacts
 from fedplug.core.params import Params
+from fedplug.device import to_device
 from fedplug.errors import UserError
 from fedplug.run import checkpoint
 from fedplug.run.early_stop import EarlyStopper
@@ -186,9 +187,10 @@ class RoundKeeper:
         missing = set(self.global_params) - set(checkpoint.unflatten(tensors, "global/"))
         if missing:
             raise UserError(f"checkpoint {self.checkpoint_path} lacks parameters {sorted(missing)}")
-        self.global_params = {name: tensors[f"global/{name}"] for name in self.global_params}
+        device = next(iter(self.global_params.values())).device  # checkpoints hold CPU tensors
+        self.global_params = {name: tensors[f"global/{name}"].to(device) for name in self.global_params}
         for plugin in self.plan.plugins:
-            plugin.load_server_state(checkpoint.unflatten(tensors, f"server/{plugin.name}/"))
+            plugin.load_server_state(to_device(checkpoint.unflatten(tensors, f"server/{plugin.name}/"), device))
         self.rounds_run = meta["round"]
         self.load_client_state(checkpoint.unflatten(tensors, "clients/"), self.rounds_run)
         checkpoint.set_rng_state(checkpoint.unflatten(tensors, "rng/"), meta["rng"])

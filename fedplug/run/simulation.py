@@ -25,6 +25,7 @@ from fedplug.core.compose import Plan
 from fedplug.core.messages import RoundFacts, Upload
 from fedplug.core.params import Params
 from fedplug.data import build_data
+from fedplug.device import deterministic, place_data, resolve
 from fedplug.errors import RunDiverged, UserError
 from fedplug.models import build_model, check_fits
 from fedplug.run.early_stop import EarlyStopper
@@ -59,7 +60,7 @@ def run(cfg: ConfigNode, run_dir: Path | None = None, resume: bool = False) -> d
 
     `resume`: continue the run in `run_dir` from its checkpoint (same config, checked).
     """
-    with torch_threads(cfg.threads):
+    with torch_threads(cfg.threads), deterministic(cfg.deterministic, resolve(cfg.device)):
         return _run(cfg, run_dir, resume)
 
 
@@ -75,7 +76,8 @@ def _run(cfg: ConfigNode, run_dir: Path | None, resume: bool) -> dict[str, Any]:
     try:
         data = build_data(cfg)
         check_fits(cfg, data)
-        model = build_model(cfg, data.input_shape, plan)
+        device, data = place_data(cfg, data)
+        model = build_model(cfg, data.input_shape, plan).to(device)  # initialised on CPU: the same on every device
         backend = build_backend(cfg, model, plan, data)  # federate.backend: sequential or vectorized
         per_round = clients_per_round(cfg, data.num_clients)
     except UserError:
