@@ -157,3 +157,14 @@ def test_deterministic_runs_repeat_bit_for_bit(small_cfg, device: str) -> None:
     over = {**PERSONAL, "device": device, "deterministic": True, "federate__backend": "vectorized"}
     first, second = run(small_cfg(**over)), run(small_cfg(**over))
     assert figures(first) == figures(second)
+
+
+def test_fedplug_plan_says_where_the_run_trains(small_cfg) -> None:
+    from fedplug.run.plan import build_plan, describe_plan
+
+    cfg = small_cfg()
+    expected = "cuda" if HAS_CUDA else "mps" if HAS_MPS else "cpu"
+    assert f"device: {expected} (device auto)" in describe_plan(build_plan(cfg), cfg).splitlines()[1]
+    if not HAS_CUDA:
+        lacking = small_cfg(device="cuda:1")
+        assert "device: cuda:1, which this machine lacks" in describe_plan(build_plan(lacking), lacking)

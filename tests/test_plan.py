@@ -9,6 +9,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 EXPECTED = """\
 plan: FedAvg (plug-ins: none)
+device: cpu
 client train routine:
   on_fit_start       _hook_on_fit_start_init [core]
   on_epoch_start     _hook_on_epoch_start_shuffle [core]
@@ -36,6 +37,7 @@ server (in this order):
 
 EXPECTED_FEDPROX_FEDOPT_DITTO = """\
 plan: FedProx+Ditto+FedOpt (plug-ins: fedprox, ditto, fedopt)
+device: cpu
 client train routine:
   on_fit_start       _hook_on_fit_start_ditto_personal [ditto], _hook_on_fit_start_init [core]
   on_epoch_start     _hook_on_epoch_start_shuffle [core]
@@ -72,7 +74,7 @@ server (in this order):
 
 def plan(*overrides: str) -> str:
     return subprocess.run([sys.executable, "-m", "fedplug", "plan", "--cfg", "configs/fedavg_lr_on_synthetic.yaml",
-                           *overrides], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+                           "device", "cpu", *overrides], capture_output=True, text=True, cwd=ROOT, check=True).stdout
 
 
 def test_plan_of_the_reference_config() -> None:

@@ -22,9 +22,22 @@ def check_distributable(plan: Plan) -> None:
                                "server hands no client the others' uploads. Run it standalone (fedplug --cfg ...)")
 
 
+def device_line(cfg: ConfigNode) -> str:
+    """Where the run would train on this machine (`device`, docs/gpu.md)."""
+    from fedplug.device import DeviceError, resolve
+
+    try:
+        where = str(resolve(cfg.device))
+    except DeviceError as err:
+        return f"device: {cfg.device}, which this machine lacks ({err})"
+    return f"device: {where}" + (f" (device {cfg.device})" if cfg.device != where else "")
+
+
 def describe_plan(plan: Plan, cfg: ConfigNode | None = None) -> str:
     """The plan's text; with `cfg`, also what the configured backend runs one client at a time."""
     lines = [f"plan: {plan.label} (plug-ins: {', '.join(plan.names) or 'none'})"]
+    if cfg is not None:
+        lines.append(device_line(cfg))
     if cfg is not None and cfg.federate.backend == "vectorized":
         from fedplug.backends.vectorized import plan_lines
 
