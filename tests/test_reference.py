@@ -13,8 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_fedavg_on_synthetic_reproduces_the_published_row(tmp_path: Path, data_root: Path) -> None:
+    # The vectorized backend: half the time of the sequential one here, its equal to 1e-5 (tests/test_vectorized.py)
     cfg = load_config(ROOT / "configs" / "fedavg_lr_on_synthetic.yaml",
-                      {"data.root": str(data_root), "outdir": str(tmp_path)})
+                      {"data.root": str(data_root), "outdir": str(tmp_path), "federate.backend": "vectorized"})
     result = run(cfg)
     # Published 68.36%; FederatedScope run on this machine: 69.16%. The band: 67.4-70.0%.
     assert 0.674 <= result["test_acc"] <= 0.700, result
