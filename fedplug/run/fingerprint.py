@@ -3,7 +3,7 @@
 A resumed run must be given the config its checkpoint was written under, and a distributed client
 must run the server's plan: both are checked here. Keys that only say where things go or how they
 travel (output folder, data cache, threads, checkpoint cadence, the `distribute` and `tracking`
-sections) may differ; everything else must be equal.
+sections, where the Ray cluster is) may differ; everything else must be equal.
 """
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from fedplug.errors import UserError
 
 # Dotted prefixes that may differ between the runs that count as one.
 NEUTRAL = ("outdir", "expname", "threads", "data.root", "checkpoint", "distribute", "federate.mode",
-           "federate.min_received_num", "tracking")
+           "federate.min_received_num", "tracking",
+           "ray.address", "ray.lost_timeout")
 
 
 def _is_neutral(path: str) -> bool:
