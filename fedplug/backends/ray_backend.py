@@ -159,7 +159,7 @@ class RayBackend:
             elif short_since is None:
                 short_since = time.monotonic()
             elif time.monotonic() - short_since > self.cfg.ray.lost_timeout:
-                raise BackendLost(f"the Ray cluster at {self.address} is gone: {shortage} for "
+                raise BackendLost(f"the Ray cluster at {self.address} is gone: {shortage}, for "
                                   f"{self.cfg.ray.lost_timeout:g} s")
         try:
             return ray.get(calls)
