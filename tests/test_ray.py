@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedplug.errors import UserError
+from fedplug.errors import DataError, UserError
 from fedplug.run import checkpoint
 from fedplug.run.simulation import run
 
@@ -117,6 +117,21 @@ def test_killed_worker_is_replaced_and_the_round_repeats_exactly(small_cfg, tmp_
     killer.join(timeout=5)
     assert killed, "worker 0 never reached its failpoint"
     assert_identical(again, untouched)
+
+
+def test_a_worker_that_cannot_start_says_why_in_one_line(small_cfg) -> None:
+    from fedplug.backends import build_backend
+    from fedplug.data import build_data
+    from fedplug.models import build_model
+    from fedplug.run.plan import build_plan
+
+    def no_data(cfg):  # nested: Ray sends it by value, the workers need not import this module
+        raise DataError("this node has no data")
+
+    cfg = small_cfg(**RAY, ray__num_workers=1)
+    plan, data = build_plan(cfg), build_data(cfg)
+    with pytest.raises(UserError, match=r"^a Ray worker could not start: DataError: this node has no data$"):
+        build_backend(cfg, build_model(cfg, data.input_shape, plan), plan, data, no_data)
 
 
 def test_without_ray_one_line_names_the_extra(small_cfg, monkeypatch) -> None:

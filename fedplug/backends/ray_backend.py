@@ -40,7 +40,7 @@ from typing import Any, Iterator
 
 from torch import nn
 
-from fedplug.backends.ray_worker import ClientState, DataFactory, RayWorker
+from fedplug.backends.ray_worker import DataFactory, RayWorker, from_wire, to_wire, unpack_uploads
 from fedplug.backends.sequential import SequentialBackend
 from fedplug.config import ConfigNode
 from fedplug.core.compose import Plan
@@ -84,8 +84,12 @@ class RayBackend:
         self.address = cfg.ray.address or "a local Ray"
         self.started_ray = False
         if not self.ray.is_initialized():
-            self.ray.init(address=cfg.ray.address or None, include_dashboard=False, log_to_driver=False,
-                          logging_level=logging.WARNING)
+            try:
+                self.ray.init(address=cfg.ray.address or None, include_dashboard=False, log_to_driver=False,
+                              logging_level=logging.WARNING)
+            except Exception as error:  # noqa: BLE001  (ConnectionError, ValueError, RuntimeError: all one line)
+                raise UserError(f"federate.backend ray: cannot start or join Ray at {self.address}: "
+                                f"{_first_line(error)}") from None
             self.started_ray = True
         if not cfg.ray.address:
             self.address = f"{self.ray.get_runtime_context().gcs_address} (local)"
@@ -96,7 +100,10 @@ class RayBackend:
         actor = self.ray.remote(num_cpus=opts.cpus_per_worker, num_gpus=opts.gpus_per_worker, max_restarts=-1,
                                 max_task_retries=-1, **({"runtime_env": {"env_vars": env}} if env else {}))(RayWorker)
         self.workers = [actor.remote(w, cfg.to_dict(), threads, data_factory) for w in range(opts.num_workers)]
-        self._wait([w.pid.remote() for w in self.workers])  # started (a bad config or missing data fails here)
+        failures = [f for f in self._wait([w.ready.remote() for w in self.workers]) if f]
+        if failures:  # a bad config, a plug-in or data missing on a node: before any round
+            self.close()
+            raise UserError(f"a Ray worker could not start: {failures[0]}")
         logger.info("Ray backend: %d workers (%s inner backend) on %s", len(self.workers), opts.inner, self.address)
 
     # -- the backend interface ------------------------------------------------------------------
@@ -109,40 +116,46 @@ class RayBackend:
     def import_client_state(self, kept: dict[int, Params], states: dict[int, dict[str, Params]]) -> None:
         self.local.import_client_state(kept, states)
 
-    def _state_of(self, clients: list[int] | range) -> ClientState:
+    def _state_of(self, clients: list[int] | range) -> Any:
+        """The kept tensors and plug-in states of `clients`, on the wire."""
         kept, states = self.local.export_client_state()
-        return {c: kept[c] for c in clients if c in kept}, {c: states[c] for c in clients if c in states}
+        return to_wire(({c: kept[c] for c in clients if c in kept}, {c: states[c] for c in clients if c in states}))
 
     def train_cohort(self, clients: list[int], round_num: int, global_params: Params,
                      extras: dict[str, Params] | None = None) -> Iterator[Upload]:
         """Each client's upload, in the order of `clients`, once every worker has finished its block."""
-        sent = self.ray.put(({n: t.detach() for n, t in global_params.items()}, extras or {}))
+        sent = self.ray.put(to_wire((global_params, extras or {})))
         calls = [worker.train.remote(block, round_num, sent, self._state_of(block))
                  for worker, block in zip(self.workers, blocks(clients, len(self.workers))) if block]
         by_client: dict[int, Upload] = {}
         kept, states = self.local.export_client_state()
-        for uploads, (new_kept, new_states) in self._wait(calls):
+        for packed, state in self._wait(calls):
+            new_kept, new_states = from_wire(state)
             kept.update(new_kept)
             states.update(new_states)
-            by_client.update((u.client, u) for u in uploads)
+            by_client.update((u.client, u) for u in unpack_uploads(packed))
         for client in clients:
             yield by_client[client]
 
     def evaluate(self, global_params: Params, split: str) -> list[dict[str, Any]]:
         """Every client on `split`, in client order; worker w evaluates the w-th block of clients."""
-        sent = self.ray.put({n: t.detach() for n, t in global_params.items()})
+        sent = self.ray.put(to_wire(global_params))
         calls = [worker.evaluate.remote(block, sent, split, self._state_of(block))
                  for worker, block in zip(self.workers, blocks(range(self.num_clients), len(self.workers)))
                  if len(block)]
         return [result for part in self._wait(calls) for result in part]
 
     def close(self) -> None:
-        """Stop the workers, and the local Ray this backend started."""
+        """Stop the workers, and the local Ray this backend started (a lost cluster: as far as it answers)."""
         for worker in self.workers:
-            self.ray.kill(worker)
+            try:
+                self.ray.kill(worker)
+            except Exception:  # noqa: BLE001  (already gone with its node or its cluster)
+                pass
         self.workers = []
         if self.started_ray:
             self.ray.shutdown()
+            self.started_ray = False
 
     # -- waiting, and the cluster's health ------------------------------------------------------
     def _wait(self, calls: list[Any]) -> list[Any]:
@@ -169,8 +182,7 @@ class RayBackend:
                 raise cause from None
             raise
         except ray.exceptions.RayError as error:
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise BackendLost(f"the Ray cluster at {self.address} is gone: {first}") from None
+            raise BackendLost(f"the Ray cluster at {self.address} is gone: {_first_line(error)}") from None
 
     def _shortage(self) -> str | None:
         """What the cluster's alive nodes lack to host every worker, or None when they can."""
@@ -182,5 +194,11 @@ class RayBackend:
         for resource, each in (("CPU", opts.cpus_per_worker), ("GPU", opts.gpus_per_worker)):
             have = sum(n.get("Resources", {}).get(resource, 0.0) for n in nodes)
             if each and have < each * count:
-                return f"its {len(nodes)} alive node(s) have {have:g} {resource}s, the {count} workers need {each * count:g}"
+                return (f"its {len(nodes)} alive node(s) have {have:g} {resource}s, the {count} workers need "
+                        f"{each * count:g}")
         return None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
