@@ -88,6 +88,7 @@ def test_ray_equals_sequential_with_plugins_and_resumes(small_cfg, rewind) -> No
     assert_identical(outputs(resumed), outputs(sequential))
 
 
+@pytest.mark.slow  # a worker started twice: about 25 s
 def test_killed_worker_is_replaced_and_the_round_repeats_exactly(small_cfg, tmp_path: Path, monkeypatch) -> None:
     """Inner vectorized: a run whose worker 0 is SIGKILLed in round 2 (frozen at its failpoint) equals one without
     the kill bit for bit, and both equal the sequential run within 1e-6."""
@@ -117,6 +118,29 @@ def test_killed_worker_is_replaced_and_the_round_repeats_exactly(small_cfg, tmp_
     killer.join(timeout=5)
     assert killed, "worker 0 never reached its failpoint"
     assert_identical(again, untouched)
+
+
+@pytest.mark.parametrize("backend", ["sequential", "vectorized"])
+@pytest.mark.parametrize("local", [[], ["bias"]], ids=["global", "per_client"])
+def test_a_block_of_clients_evaluates_as_in_the_whole(small_cfg, backend: str, local: list[str]) -> None:
+    """What a worker evaluates (a contiguous block, evaluation.py's `clients`) is the whole evaluation's slice."""
+    from fedplug.backends import build_backend
+    from fedplug.backends.ray_backend import blocks
+    from fedplug.data import build_data
+    from fedplug.models import build_model
+    from fedplug.run.plan import build_plan
+
+    cfg = small_cfg(federate__backend=backend, personalization__local_param=local, eval__batch_size=50)
+    plan, data = build_plan(cfg), build_data(cfg)
+    model = build_backend(cfg, build_model(cfg, data.input_shape, plan), plan, data)
+    params = {n: t + 0.1 for n, t in model.shared_parameters().items()}
+    for split in ("val", "test"):
+        whole = model.evaluate(params, split)
+        parts = [r for block in blocks(range(data.num_clients), 5) for r in model.evaluate(params, split, block)]
+        assert len(parts) == len(whole) and [r[f"{split}_total"] for r in parts] == [r[f"{split}_total"] for r in whole]
+        for a, b in zip(parts, whole):
+            assert a[f"{split}_correct"] == b[f"{split}_correct"]
+            assert math.isclose(a[f"{split}_loss_sum"], b[f"{split}_loss_sum"], rel_tol=1e-6)
 
 
 def test_a_worker_that_cannot_start_says_why_in_one_line(small_cfg) -> None:
