@@ -158,6 +158,14 @@ def test_a_worker_that_cannot_start_says_why_in_one_line(small_cfg) -> None:
         build_backend(cfg, build_model(cfg, data.input_shape, plan), plan, data, no_data)
 
 
+def test_an_address_nothing_answers_at_is_one_line() -> None:
+    from fedplug.backends.ray_backend import check_reachable
+
+    with pytest.raises(UserError, match=r"nothing answers at ray.address 127.0.0.1:1 .*ray start --head"):
+        check_reachable("127.0.0.1:1")
+    check_reachable("auto")  # left to Ray
+
+
 def test_without_ray_one_line_names_the_extra(small_cfg, monkeypatch) -> None:
     from fedplug.backends.ray_backend import import_ray
 

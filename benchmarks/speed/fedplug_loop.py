@@ -6,7 +6,7 @@ data handed in directly, timed per round.
 from __future__ import annotations
 
 import time
-
+from typing import Any, Callable
 
 from fedplug.backends import build_backend
 from fedplug.config import ConfigNode
@@ -19,10 +19,20 @@ from fedplug.server.round import RoundAggregation
 from fedplug.server.sampling import clients_per_round, sample_clients
 
 
-def fedplug_rounds(cfg: ConfigNode, data: FederatedData, rounds: int, evaluate: bool = False) -> dict:
-    """Seconds of each round (training and aggregation; evaluation too when `evaluate`), final parameters."""
+def fedplug_rounds(cfg: ConfigNode, data: FederatedData, rounds: int, evaluate: bool = False,
+                   data_factory: Callable[[ConfigNode], FederatedData] | None = None) -> dict:
+    """Seconds of each round (training and aggregation; evaluation too when `evaluate`), final parameters.
+    `data_factory`: how Ray workers build `data` (federate.backend ray)."""
     plan = build_plan(cfg)
-    backend = build_backend(cfg, build_model(cfg, data.input_shape, plan), plan, data)
+    backend = build_backend(cfg, build_model(cfg, data.input_shape, plan), plan, data, data_factory)
+    try:
+        return _rounds(cfg, plan, backend, data, rounds, evaluate)
+    finally:
+        if hasattr(backend, "close"):
+            backend.close()
+
+
+def _rounds(cfg: ConfigNode, plan: Any, backend: Any, data: FederatedData, rounds: int, evaluate: bool) -> dict:
     global_params = {n: t.clone() for n, t in backend.shared_parameters().items()}
     messages = plan.messages(global_params)
     k = clients_per_round(cfg, data.num_clients)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from typing import Any, Iterator
 
@@ -72,6 +73,18 @@ def blocks(items: list[int] | range, count: int) -> list[Any]:
     return out
 
 
+def check_reachable(address: str) -> None:
+    """A HOST:PORT that nothing answers at, refused in one line: `ray.init` would retry it for minutes."""
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return  # empty (a local Ray), `auto`, or a Ray Client URL: Ray says itself, at once
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as error:
+        raise UserError(f"federate.backend ray: nothing answers at ray.address {address} ({error}); start the "
+                        f"cluster's head there (`ray start --head`) or give its address") from None
+
+
 class RayBackend:
     """The backend interface of SequentialBackend; its per-client stores are the driver's copy of every client."""
 
@@ -84,6 +97,7 @@ class RayBackend:
         self.address = cfg.ray.address or "a local Ray"
         self.started_ray = False
         if not self.ray.is_initialized():
+            check_reachable(cfg.ray.address)
             try:
                 self.ray.init(address=cfg.ray.address or None, include_dashboard=False, log_to_driver=False,
                               logging_level=logging.WARNING)
