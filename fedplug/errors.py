@@ -15,3 +15,7 @@ class DataError(UserError):
 
 class RunDiverged(UserError):
     """The training loss or the global model became NaN or infinite: the run stopped there."""
+
+
+class BackendLost(UserError):
+    """The engine running the clients (a Ray cluster) is gone; the run stops at a checkpoint it can resume from."""

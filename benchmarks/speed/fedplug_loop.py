@@ -1,11 +1,12 @@
 """fedplug's round loop for the speed benchmarks: the simulation's sample -> train_cohort -> aggregate -> update.
 
 The same calls as fedplug/run/simulation.py's round (minus the run folder and checkpoints), on
-data handed in directly, timed per round.
+data handed in directly, timed per round, on the config's device.
 """
 from __future__ import annotations
 
 import time
+from typing import Any, Callable
 
 import torch
 
@@ -28,12 +29,30 @@ def synchronize(device: str | torch.device) -> None:
 
 
 def fedplug_rounds(cfg: ConfigNode, data: FederatedData, rounds: int, evaluate: bool = False,
+                   data_factory: Callable[[ConfigNode], FederatedData] | None = None,
                    evaluate_last: bool = False) -> dict:
-    """Seconds of each round (training and aggregation; evaluation too when `evaluate`), final parameters;
-    `evaluate_last`: one evaluation after the last round, timed apart ("eval")."""
+    """Seconds of each round (training and aggregation; evaluation too when `evaluate`), final parameters.
+    `data_factory`: how Ray workers build `data` (federate.backend ray); `evaluate_last`: one evaluation after the
+    last round, timed apart ("eval")."""
     plan = build_plan(cfg)
     device, data = place_data(cfg, data)  # the config's device (auto: CPU on a machine without a GPU)
-    backend = build_backend(cfg, build_model(cfg, data.input_shape, plan).to(device), plan, data)
+    backend = build_backend(cfg, build_model(cfg, data.input_shape, plan).to(device), plan, data, data_factory)
+    try:
+        result = _rounds(cfg, plan, backend, data, rounds, evaluate, device)
+        if evaluate_last:
+            started = time.perf_counter()
+            for split in ("val", "test"):
+                backend.evaluate(result["params"], split)
+            synchronize(device)
+            result["eval"] = time.perf_counter() - started
+        return result
+    finally:
+        if hasattr(backend, "close"):
+            backend.close()
+
+
+def _rounds(cfg: ConfigNode, plan: Any, backend: Any, data: FederatedData, rounds: int, evaluate: bool,
+            device: torch.device) -> dict:
     global_params = {n: t.clone() for n, t in backend.shared_parameters().items()}
     messages = plan.messages(global_params)
     k = clients_per_round(cfg, data.num_clients)
@@ -52,12 +71,5 @@ def fedplug_rounds(cfg: ConfigNode, data: FederatedData, rounds: int, evaluate: 
                 backend.evaluate(global_params, split)
         synchronize(device)
         seconds.append(time.perf_counter() - started)
-    result = {"seconds": seconds, "samples": samples, "params": global_params,
-              "vectorized": getattr(backend, "vectorized", False)}
-    if evaluate_last:
-        started = time.perf_counter()
-        for split in ("val", "test"):
-            backend.evaluate(global_params, split)
-        synchronize(device)
-        result["eval"] = time.perf_counter() - started
-    return result
+    return {"seconds": seconds, "samples": samples, "params": global_params,
+            "vectorized": getattr(backend, "vectorized", False)}

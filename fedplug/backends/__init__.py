@@ -1,11 +1,12 @@
 """Backends: how the clients of a round are run (sequential is the reference semantics).
 
-Both implement `train_cohort(clients, round_num, global_params)` (yielding uploaded parameters,
+All implement `train_cohort(clients, round_num, global_params)` (yielding uploaded parameters,
 weight and train loss per client), `evaluate(global_params, split)` and `shared_parameters()`.
+The Ray backend runs one of the other two on each of its workers; Ray is imported only then.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from torch import nn
 
@@ -14,8 +15,14 @@ from fedplug.core.compose import Plan
 from fedplug.data.federated import FederatedData
 
 
-def build_backend(cfg: ConfigNode, model: nn.Module, plan: Plan, data: FederatedData) -> Any:
-    """The backend named by `federate.backend`."""
+def build_backend(cfg: ConfigNode, model: nn.Module, plan: Plan, data: FederatedData,
+                  data_factory: Callable[[ConfigNode], FederatedData] | None = None) -> Any:
+    """The backend named by `federate.backend`. `data_factory`: how a Ray worker builds `data` for itself
+    (default: fedplug.data.build_data from the node's cache)."""
+    if cfg.federate.backend == "ray":
+        from fedplug.backends.ray_backend import RayBackend
+
+        return RayBackend(cfg, model, plan, data, data_factory)
     if cfg.federate.backend == "vectorized":
         from fedplug.backends.vectorized import VectorizedBackend
 

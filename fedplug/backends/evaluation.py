@@ -28,38 +28,45 @@ def _results(split: str, totals: list[int], loss: torch.Tensor, correct: torch.T
             for n, l, c in zip(totals, loss.tolist(), correct.tolist())]
 
 
-def evaluate_global(backend: VectorizedBackend, global_params: Params, split: str) -> list[dict[str, Any]]:
+def evaluate_global(backend: VectorizedBackend, global_params: Params, split: str,
+                    clients: range | None = None) -> list[dict[str, Any]]:
+    """`clients`: a contiguous range of them (a Ray worker's share), else every client."""
     data = backend.data.splits[split]
     sizes = data.sizes()
+    clients = range(len(sizes)) if clients is None else clients
     device = backend.device
     owner = backend.row_owners.get(split)
     if owner is None:  # row -> client, built once per split
         owner = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes)).to(device)
         backend.row_owners[split] = owner
-    loss = torch.zeros(len(sizes), dtype=torch.float64, device=device)
-    correct = torch.zeros(len(sizes), dtype=torch.int64, device=device)
+    loss = torch.zeros(len(clients), dtype=torch.float64, device=device)
+    correct = torch.zeros(len(clients), dtype=torch.int64, device=device)
     block = backend.cfg.eval.batch_size
+    first, last = data.offsets[clients.start], data.offsets[clients.stop]
     backend.model.eval()
     with torch.no_grad():
-        for start in range(0, data.x.shape[0], block):
-            x, y = on_device(data.x[start:start + block], device), on_device(data.y[start:start + block], device)
+        for start in range(first, last, block):
+            stop = min(start + block, last)
+            x, y = on_device(data.x[start:stop], device), on_device(data.y[start:stop], device)
             out = functional_call(backend.model, global_params, (x,))
-            rows = owner[start:start + block]
+            rows = owner[start:stop] - clients.start
             loss.index_add_(0, rows, F.cross_entropy(out, y, reduction="none").double())
             correct.index_add_(0, rows, (out.argmax(dim=1) == y).long())
-    return _results(split, sizes, loss, correct)
+    return _results(split, sizes[clients.start:clients.stop], loss, correct)
 
 
-def evaluate_per_client(backend: VectorizedBackend, global_params: Params, split: str) -> list[dict[str, Any]]:
+def evaluate_per_client(backend: VectorizedBackend, global_params: Params, split: str,
+                        clients: range | None = None) -> list[dict[str, Any]]:
     data = backend.data.splits[split]
+    everyone = range(len(data.sizes())) if clients is None else clients
     personal = [p for p in backend.plan.plugins if type(p).cohort_eval_params is not Plugin.cohort_eval_params]
     outputs = [p for p in backend.plan.plugins if type(p).cohort_eval_outputs is not Plugin.cohort_eval_outputs]
     results: list[dict[str, Any]] = []
     backend.model.eval()
-    for first in range(0, len(data.sizes()), backend.chunk_eval):
-        clients = list(range(first, min(first + backend.chunk_eval, len(data.sizes()))))
-        with backend.visiting(clients):
-            results += _evaluate_chunk(backend, global_params, split, clients, personal, outputs)
+    for first in range(everyone.start, everyone.stop, backend.chunk_eval):
+        chunk = list(range(first, min(first + backend.chunk_eval, everyone.stop)))
+        with backend.visiting(chunk):
+            results += _evaluate_chunk(backend, global_params, split, chunk, personal, outputs)
     return results
 
 

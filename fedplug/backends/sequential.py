@@ -157,12 +157,12 @@ class SequentialBackend:
         self._states = {client: {name: to_device(state, self.state_device) for name, state in per_plugin.items()}
                         for client, per_plugin in states.items()}
 
-    def evaluate(self, global_params: Params, split: str) -> list[dict[str, Any]]:
-        """Every client on `split`, each with the model it is judged by."""
+    def evaluate(self, global_params: Params, split: str, clients: range | None = None) -> list[dict[str, Any]]:
+        """Every client on `split` (or those in `clients`, in order), each with the model it is judged by."""
         results = []
         if not self.per_client_eval:
             self.download(0, global_params)
-        for client in range(self.data.num_clients):
+        for client in range(self.data.num_clients) if clients is None else clients:
             if self.per_client_eval:
                 self.download(client, global_params)
             with self.visiting([client]):

@@ -245,12 +245,12 @@ class VectorizedBackend(SequentialBackend):
             self._kept[client] = {n: tensors[n][i].detach().to(self.state_device, copy=True) for n in self.kept_names}
 
     # -- evaluation -------------------------------------------------------------------------------
-    def evaluate(self, global_params: Params, split: str) -> list[dict[str, Any]]:
+    def evaluate(self, global_params: Params, split: str, clients: range | None = None) -> list[dict[str, Any]]:
         if not self.vectorized:
-            return super().evaluate(global_params, split)
+            return super().evaluate(global_params, split, clients)
         if not self.per_client_eval:
-            return evaluate_global(self, global_params, split)
-        return evaluate_per_client(self, global_params, split)
+            return evaluate_global(self, global_params, split, clients)
+        return evaluate_per_client(self, global_params, split, clients)
 
 
 def plan_lines(cfg: ConfigNode, plan: Plan) -> list[str]:

@@ -42,9 +42,10 @@ register_section("federate", Section("the federation: rounds, clients, sampling"
     "client_state": Key("host", "on a GPU, where per-client state (local parameters, plug-in states) is kept between "
                         "visits: host (the default: any number of clients fits; moved to the GPU for a visit) or device",
                         choices=("host", "device")),
-    "backend": Key("sequential", "how a round's clients run: sequential (one model object, the reference) or "
-                   "vectorized (a cohort at once with torch.func; the same numbers up to float rounding)",
-                   choices=("sequential", "vectorized")),
+    "backend": Key("sequential", "how a round's clients run: sequential (one model object, the reference), "
+                   "vectorized (a cohort at once with torch.func; the same numbers up to float rounding) or ray "
+                   "(spread over Ray workers, each running the `ray.inner` backend; docs/scale-out.md)",
+                   choices=("sequential", "vectorized", "ray")),
     "vectorized": Section("the vectorized backend (docs/vectorized.md)", {
         "chunk_size": Key(0, "clients trained or evaluated together; 0: as many as memory_mb allows",
                           **_non_negative),
@@ -54,6 +55,21 @@ register_section("federate", Section("the federation: rounds, clients, sampling"
                           "(said at start): on CPU their steps are bound by arithmetic and memory traffic, which a "
                           "cohort does not reduce; 0: no limit", **_non_negative),
     }),
+}))
+
+register_section("ray", Section("federate.backend ray: the round's clients spread over Ray workers "
+                                "(docs/scale-out.md; needs the extra: pip install 'fedplug[ray]')", {
+    "address": Key("", "the Ray cluster: empty starts a local Ray for the run; auto or HOST:PORT joins a running "
+                   "cluster (`ray start --head`)"),
+    "num_workers": Key(2, "Ray actors, each holding one model and running `inner` on its share of a round's "
+                       "clients", **_positive),
+    "inner": Key("sequential", "the backend each worker runs on its share: sequential (the reference numbers) or "
+                 "vectorized", choices=("sequential", "vectorized")),
+    "cpus_per_worker": Key(1.0, "CPUs Ray reserves for each worker (also its PyTorch threads when `threads` is 0)",
+                           **_positive),
+    "gpus_per_worker": Key(0.0, "GPUs Ray reserves for each worker (fractions share one GPU)", **_non_negative),
+    "lost_timeout": Key(30.0, "seconds a round waits for the cluster to have room for every worker again (a lost "
+                        "node replaced) before the run stops with a checkpoint to resume from", **_positive),
 }))
 
 register_section("aggregator", Section("how the server combines the uploads of a round (robust rules: "

@@ -3,9 +3,9 @@
 A resumed run must be given the config its checkpoint was written under, and a distributed client
 must run the server's plan: both are checked here. Keys that only say where things go or how they
 travel (output folder, data cache, threads, checkpoint cadence, the `distribute` and `tracking`
-sections) or where tensors live (`device`: each process picks its own, and a run may be resumed on
-another device, then equal within float rounding rather than bit for bit) may differ; everything
-else must be equal.
+sections, where the Ray cluster is) or where tensors live (`device`: each process picks its own,
+and a run may be resumed on another device, then equal within float rounding rather than bit for
+bit) may differ; everything else must be equal.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from fedplug.errors import UserError
 # Dotted prefixes that may differ between the runs that count as one.
 NEUTRAL = ("outdir", "expname", "threads", "data.root", "checkpoint", "distribute", "federate.mode",
            "federate.min_received_num", "tracking", "device", "deterministic", "data.placement",
-           "federate.client_state")
+           "federate.client_state", "ray.address", "ray.lost_timeout")
 
 
 def _is_neutral(path: str) -> bool:

@@ -26,7 +26,7 @@ from fedplug.core.messages import RoundFacts, Upload
 from fedplug.core.params import Params
 from fedplug.data import build_data
 from fedplug.device import deterministic, place_data, resolve
-from fedplug.errors import RunDiverged, UserError
+from fedplug.errors import BackendLost, RunDiverged, UserError
 from fedplug.models import build_model, check_fits
 from fedplug.run.early_stop import EarlyStopper
 from fedplug.run.evaluation import EVAL_SPLITS
@@ -78,7 +78,7 @@ def _run(cfg: ConfigNode, run_dir: Path | None, resume: bool) -> dict[str, Any]:
         check_fits(cfg, data)
         device, data = place_data(cfg, data)
         model = build_model(cfg, data.input_shape, plan).to(device)  # initialised on CPU: the same on every device
-        backend = build_backend(cfg, model, plan, data)  # federate.backend: sequential or vectorized
+        backend = build_backend(cfg, model, plan, data)  # federate.backend: sequential, vectorized or ray
         per_round = clients_per_round(cfg, data.num_clients)
     except UserError:
         if new_dir:  # refused before the first round: leave no almost empty run folder behind
@@ -90,12 +90,22 @@ def _run(cfg: ConfigNode, run_dir: Path | None, resume: bool) -> dict[str, Any]:
     logger.info("%s on %s: %d clients, %d per round, %d rounds", plan.label, data.name, num_clients, per_round,
                 fed.total_round_num)
 
+    try:
+        return _rounds(cfg, plan, run_dir, backend, data.name, num_clients, resume, started)
+    finally:
+        if hasattr(backend, "close"):  # the Ray backend's workers
+            backend.close()
+
+
+def _rounds(cfg: ConfigNode, plan: Plan, run_dir: Path, backend: Any, data_name: str, num_clients: int,
+            resume: bool, started: float) -> dict[str, Any]:
+    fed = cfg.federate
     keeper = RoundKeeper(cfg, plan, run_dir, num_clients,
                          {k: v.clone() for k, v in backend.shared_parameters().items()})
     keeper.save_client_state = lambda round_num: client_state_tree(*backend.export_client_state())
     keeper.load_client_state = lambda tree, round_num: backend.import_client_state(*split_client_state_tree(tree))
     keeper.open(resume)
-    bar = progress(fed.total_round_num, f"{plan.label} on {data.name}")
+    bar = progress(fed.total_round_num, f"{plan.label} on {data_name}")
     redirect = contextlib.nullcontext()
     if bar is not None:
         from tqdm.contrib.logging import logging_redirect_tqdm
@@ -107,11 +117,16 @@ def _run(cfg: ConfigNode, run_dir: Path | None, resume: bool) -> dict[str, Any]:
             sampled = keeper.sample(round_num)
             aggregation, extras = keeper.begin_round(round_num, sampled)
             uploads = backend.train_cohort(sampled, round_num, keeper.global_params, extras)
-            for upload in transformed_uploads(plan, uploads, aggregation.facts):
-                aggregation.add(upload)  # read at once: the tensors may be views the backend reuses
-            # Aggregation, evaluation, early stopping and checkpoints: shared with the distributed server.
-            stop = keeper.end_round(round_num, aggregation,
-                                    lambda g: {split: backend.evaluate(g, split) for split in EVAL_SPLITS})
+            try:
+                for upload in transformed_uploads(plan, uploads, aggregation.facts):
+                    aggregation.add(upload)  # read at once: the tensors may be views the backend reuses
+                # Aggregation, evaluation, early stopping and checkpoints: shared with the distributed server.
+                stop = keeper.end_round(round_num, aggregation,
+                                        lambda g: {split: backend.evaluate(g, split) for split in EVAL_SPLITS})
+            except BackendLost as lost:
+                if bar is not None:
+                    bar.close()
+                raise BackendLost(f"{lost}; {_stop_at_checkpoint(keeper, round_num)}") from None
             if bar is not None:
                 bar.update(1)
             if stop:
@@ -122,6 +137,18 @@ def _run(cfg: ConfigNode, run_dir: Path | None, resume: bool) -> dict[str, Any]:
     return finish_run(cfg, plan.label, run_dir, keeper.records, keeper.stopper, keeper.rounds_run,
                       time.perf_counter() - started, keeper.tracking, keeper.report(),
                       keeper.diverged)
+
+
+def _stop_at_checkpoint(keeper: RoundKeeper, round_num: int) -> str:
+    """After the backend was lost in `round_num`: write a checkpoint of the last finished round when the loss
+    came before any of this round was folded in (the keeper then holds exactly that round's state); say how
+    to go on."""
+    if keeper.rounds_run == round_num - 1 and keeper.rounds_run > 0:
+        keeper.save(keeper.rounds_run)
+    keeper.close()
+    if keeper.checkpoint_path.is_file():
+        return f"resume with --resume {keeper.run_dir}"
+    return f"no round was checkpointed yet: start the run again ({keeper.run_dir} holds no checkpoint)"
 
 
 def transformed_uploads(plan: Plan, uploads: Iterable[Upload], facts: RoundFacts) -> Iterable[Upload]:
