@@ -103,9 +103,10 @@ def describe_placement(device: torch.device, nbytes: int, on_device: bool) -> st
     return f"data: {size} in pinned host memory, moved to {device} one batch at a time (data.placement)"
 
 
-def place_data(cfg: ConfigNode, data: FederatedData) -> tuple[torch.device, FederatedData]:
-    """The run's device (`device`), and the data moved there or pinned in host memory (`data.placement`); logged."""
-    device = resolve(cfg.device)
+def place_data(cfg: ConfigNode, data: FederatedData, spec: str | None = None) -> tuple[torch.device, FederatedData]:
+    """The run's device (`device`, or `spec`), and the data moved there or pinned in host memory (`data.placement`);
+    logged."""
+    device = resolve(spec or cfg.device)
     if device.type == "cpu":
         logger.info("device: cpu")
         return device, data

@@ -99,6 +99,8 @@ class RayBackend:
         self.started_ray = False
         if not self.ray.is_initialized():
             check_reachable(cfg.ray.address)
+            # Ray's coming default (it no longer hides GPUs from actors reserving none): ray_worker.py decides
+            os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
             try:
                 self.ray.init(address=cfg.ray.address or None, include_dashboard=False, log_to_driver=False,
                               logging_level=logging.WARNING)

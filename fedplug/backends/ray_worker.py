@@ -51,9 +51,11 @@ class RayWorker:
         torch.set_num_threads(threads)
         self.cfg = load_config(None, dotted(config))
         plan = build_plan(self.cfg)
-        # Each worker resolves `device` on its own node: Ray shows an actor only the GPUs it reserved for it
-        # (ray.gpus_per_worker, through CUDA_VISIBLE_DEVICES), so `auto` takes one of those, else the CPU.
-        self.device, data = place_data(self.cfg, (data_factory or build_data)(self.cfg))
+        # Each worker resolves `device` on its own node: Ray shows an actor the GPUs it reserved for it
+        # (ray.gpus_per_worker, through CUDA_VISIBLE_DEVICES), so `auto` takes one of those; a worker reserved
+        # none trains on the CPU even where Ray would let it see the node's GPUs.
+        spec = "cpu" if self.cfg.device == "auto" and self.cfg.ray.gpus_per_worker == 0 else self.cfg.device
+        self.device, data = place_data(self.cfg, (data_factory or build_data)(self.cfg), spec)
         model = build_model(self.cfg, data.input_shape, plan).to(self.device)
         if self.cfg.ray.inner == "vectorized":
             from fedplug.backends.vectorized import VectorizedBackend
