@@ -13,6 +13,8 @@ from torch import nn
 from fedplug.config import ConfigNode
 from fedplug.core.compose import Plan
 from fedplug.data.federated import FederatedData
+from fedplug.data.graph_rows import GraphRows
+from fedplug.errors import ConfigError
 
 
 def build_backend(cfg: ConfigNode, model: nn.Module, plan: Plan, data: FederatedData,
@@ -24,6 +26,9 @@ def build_backend(cfg: ConfigNode, model: nn.Module, plan: Plan, data: Federated
 
         return RayBackend(cfg, model, plan, data, data_factory)
     if cfg.federate.backend == "vectorized":
+        if isinstance(data.splits["train"].x, GraphRows):  # vmap needs equal shapes; graphs differ in size
+            raise ConfigError(f"federate.backend vectorized cannot stack clients' batches of graphs ({data.name}); "
+                              f"use federate.backend sequential")
         from fedplug.backends.vectorized import VectorizedBackend
 
         return VectorizedBackend(cfg, model, plan, data)
