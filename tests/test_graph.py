@@ -20,7 +20,8 @@ from fedplug.backends import build_backend  # noqa: E402
 from fedplug.backends.sequential import SequentialBackend  # noqa: E402
 from fedplug.config import load_config  # noqa: E402
 from fedplug.data import build_data  # noqa: E402
-from fedplug.data.tu_graphs import read_tu  # noqa: E402
+from fedplug.data.graph_rows import GraphBatch  # noqa: E402
+from fedplug.data.tu_graphs import find_folder, read_tu  # noqa: E402
 from fedplug.errors import ConfigError, DataError  # noqa: E402
 from fedplug.models import build_model, check_fits  # noqa: E402
 from fedplug.run.plan import build_plan  # noqa: E402
@@ -171,3 +172,20 @@ def test_the_base_install_never_imports_torch_geometric() -> None:
     code = ("import sys, fedplug.cli, fedplug.data, fedplug.models, fedplug.backends, fedplug.run.simulation; "
             "assert 'torch_geometric' not in sys.modules, 'imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_zero_padding_changes_nothing_for_a_per_client_encoder(graph_cfg) -> None:
+    """MUTAG's 3 atom types padded to 5: the GIN computes what one sized for 3 computes."""
+    cfg = graph_cfg()
+    data = build_data(cfg)
+    padded = build_model(cfg, data.input_shape, build_plan(cfg)).eval()
+    sized = build_model(cfg, (3,), build_plan(cfg)).eval()
+    sized.load_state_dict({k: v[:, :3] if k == "encoder.weight" else v for k, v in padded.state_dict().items()})
+    batch = data.splits["train"].client(0)[0][:]
+    narrow = GraphBatch(batch.x[:, :3], batch.edge_index, batch.batch, batch.ptr, batch.num_graphs)
+    torch.testing.assert_close(padded(batch), sized(narrow), rtol=1e-6, atol=1e-6)
+
+
+def test_the_zip_layout_is_read_too(tmp_path: Path) -> None:
+    write_dataset(tmp_path / "COX2", "COX2", 6, 2, (0, 1))  # data.root/NAME/NAME_A.txt, as TU's zip unpacks
+    assert find_folder(tmp_path, "COX2") == tmp_path / "COX2"
