@@ -95,6 +95,9 @@ def test_one_client_per_data_set_split_at_random_and_padded(graph_cfg) -> None:
         assert nodes[:, atoms:].abs().sum() == 0 and (nodes[:, :atoms].sum(1) == 1).all()  # one-hot, zero padding
         graphs, _, _ = read_tu(Path(graph_cfg().data.root) / name / "raw", name)
         assert nodes.shape[0] == sum(x.shape[0] for x, _ in graphs)  # every graph once, none lost
+    first_two = build_data(graph_cfg(federate__client_num=2)).splits["train"]
+    assert first_two.sizes() == data.splits["train"].sizes()[:2]
+    assert torch.equal(first_two.x[:].x, torch.cat([data.splits["train"].client(c)[0][:].x for c in range(2)]))
     again, reseeded = build_data(graph_cfg()), build_data(graph_cfg(data__graph__seed=7))
     assert torch.equal(again.splits["train"].y, data.splits["train"].y)
     assert not torch.equal(reseeded.splits["train"].x.x, data.splits["train"].x.x)  # another split
