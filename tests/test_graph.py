@@ -165,10 +165,12 @@ def test_wrong_model_and_vectorized_backend_are_refused(graph_cfg) -> None:
     with pytest.raises(ConfigError, match="model.type lr cannot read the graph_multi_domain_mol data .graphs.; use "
                                           "model.type gin"):
         check_fits(graph_cfg(model__type="lr"), data)
-    cfg = graph_cfg(federate__backend="vectorized")
-    plan = build_plan(cfg)
-    with pytest.raises(ConfigError, match="federate.backend vectorized cannot stack .*; use federate.backend sequential"):
-        build_backend(cfg, build_model(cfg, data.input_shape, plan), plan, data)
+    for overrides, key in (({"federate.backend": "vectorized"}, "federate.backend"),
+                           ({"federate.backend": "ray", "ray.inner": "vectorized"}, "ray.inner")):
+        cfg = graph_cfg(**{k.replace(".", "__"): v for k, v in overrides.items()})
+        plan = build_plan(cfg)
+        with pytest.raises(ConfigError, match=f"{key} vectorized cannot stack .*; use {key} sequential"):
+            build_backend(cfg, build_model(cfg, data.input_shape, plan), plan, data)  # refused before Ray starts
 
 
 def test_the_base_install_never_imports_torch_geometric() -> None:

@@ -21,14 +21,17 @@ def build_backend(cfg: ConfigNode, model: nn.Module, plan: Plan, data: Federated
                   data_factory: Callable[[ConfigNode], FederatedData] | None = None) -> Any:
     """The backend named by `federate.backend`. `data_factory`: how a Ray worker builds `data` for itself
     (default: fedplug.data.build_data from the node's cache)."""
-    if cfg.federate.backend == "ray":
+    ray = cfg.federate.backend == "ray"
+    key = "ray.inner" if ray else "federate.backend"
+    stacks = (cfg.ray.inner if ray else cfg.federate.backend) == "vectorized"
+    if stacks and isinstance(data.splits["train"].x, GraphRows):  # vmap needs equal shapes; graphs differ in size
+        raise ConfigError(f"{key} vectorized cannot stack clients' batches of graphs ({data.name}); "
+                          f"use {key} sequential")
+    if ray:
         from fedplug.backends.ray_backend import RayBackend
 
         return RayBackend(cfg, model, plan, data, data_factory)
     if cfg.federate.backend == "vectorized":
-        if isinstance(data.splits["train"].x, GraphRows):  # vmap needs equal shapes; graphs differ in size
-            raise ConfigError(f"federate.backend vectorized cannot stack clients' batches of graphs ({data.name}); "
-                              f"use federate.backend sequential")
         from fedplug.backends.vectorized import VectorizedBackend
 
         return VectorizedBackend(cfg, model, plan, data)
