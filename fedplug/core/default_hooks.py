@@ -10,10 +10,15 @@ docs/writing-an-algorithm.md ("Reference: the Context fields") lists every field
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from fedplug.core.context import Context, CtxVar
 from fedplug.core.hooks import HookTable
+
+if TYPE_CHECKING:
+    from fedplug.data.graph_rows import GraphBatch
 
 
 def _hook_on_fit_start_init(ctx: Context) -> None:
@@ -47,9 +52,9 @@ def _hook_on_batch_start_gather(ctx: Context) -> None:
     ctx.batch_size = CtxVar(index.shape[0], "batch")
 
 
-def on_device(batch: torch.Tensor, device: torch.device | None) -> torch.Tensor:
+def on_device(batch: torch.Tensor | GraphBatch, device: torch.device | None) -> torch.Tensor | GraphBatch:
     """A batch of data kept in (pinned) host memory, copied to the model's device; else the batch itself (also
-    when no device is given: a Context built by hand, in a test)."""
+    when no device is given: a Context built by hand, in a test). A batch of graphs moves the same way."""
     return batch if device is None or batch.device == device else batch.to(device, non_blocking=True)
 
 

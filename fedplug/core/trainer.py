@@ -17,6 +17,7 @@ import torch
 
 from fedplug.config import ConfigNode
 from fedplug.core.context import Context
+from fedplug.core.dropout import SeededDropout
 from fedplug.core.default_hooks import default_eval_hooks, default_train_hooks
 from fedplug.core.hooks import HookFn, HookTable
 from fedplug.errors import DataError
@@ -37,6 +38,7 @@ class Trainer:
         self.model = model
         self.cfg = cfg
         self.criterion = criterion or torch.nn.CrossEntropyLoss()
+        self._dropouts = [m for m in model.modules() if isinstance(m, SeededDropout)]  # fed each update's generator
         self.hooks: dict[str, HookTable] = {"train": default_train_hooks(), "eval": default_eval_hooks()}
 
     @property
@@ -56,6 +58,8 @@ class Trainer:
         steps = local_update_steps if local_update_steps is not None else train.local_update_steps
         per_epoch, epochs, last = schedule(x.shape[0], loader.batch_size, loader.drop_last, steps,
                                            train.batch_or_epoch)
+        for dropout in self._dropouts:
+            dropout.generator = generator
         ctx = self._context("train", "train", x, y, loader.batch_size, per_epoch, epochs, last,
                             generator=generator, lr=lr if lr is not None else train.optimizer.lr, **extra)
         self.run_routine(table or self.hooks["train"], ctx)

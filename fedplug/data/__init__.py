@@ -83,8 +83,15 @@ def _shakespeare(cfg: ConfigNode) -> FederatedData:
                          num_classes=len(VOCAB))
 
 
+def _graph_multi_domain_mol(cfg: ConfigNode) -> FederatedData:
+    from fedplug.data.tu_graphs import load_multi_domain
+
+    g = cfg.data.graph
+    return load_multi_domain(cache_dir(cfg), list(g.datasets), tuple(cfg.data.splits), g.seed)
+
+
 BUILDERS = {"synthetic": _synthetic, "mnist_standin": _mnist_standin, "femnist": _femnist,
-            "shakespeare": _shakespeare}
+            "shakespeare": _shakespeare, "graph_multi_domain_mol": _graph_multi_domain_mol}
 
 
 def build_data(cfg: ConfigNode) -> FederatedData:

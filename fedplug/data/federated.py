@@ -2,7 +2,8 @@
 
 A client's data is a pair of views into those tensors; nothing is copied per client and no
 Python list of samples ever exists. Text data keep `x` as `TokenWindows`: each row is a window
-into one shared token stream, gathered only when a batch is indexed.
+into one shared token stream, gathered only when a batch is indexed; graph data keep it as
+`GraphRows` (fedplug/data/graph_rows.py), whose batches are `GraphBatch`es of whole graphs.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from fedplug.data.graph_rows import GraphRows
 from fedplug.errors import DataError
 
 
@@ -55,14 +57,14 @@ class TokenWindows:
         return self.starts.nbytes
 
 
-def rows(x: torch.Tensor | TokenWindows, lo: int, hi: int) -> torch.Tensor | TokenWindows:
-    """Rows lo:hi of a data tensor as a view (lazy for TokenWindows)."""
-    return x.rows(lo, hi) if isinstance(x, TokenWindows) else x[lo:hi]
+def rows(x: torch.Tensor | TokenWindows | GraphRows, lo: int, hi: int) -> torch.Tensor | TokenWindows | GraphRows:
+    """Rows lo:hi of a data tensor as a view (lazy for TokenWindows and GraphRows)."""
+    return x[lo:hi] if isinstance(x, torch.Tensor) else x.rows(lo, hi)
 
 
 @dataclass(frozen=True)
 class SplitData:
-    x: torch.Tensor | TokenWindows
+    x: torch.Tensor | TokenWindows | GraphRows
     y: torch.Tensor
     offsets: tuple[int, ...]  # client c owns rows offsets[c]:offsets[c + 1]
 
@@ -99,8 +101,8 @@ class FederatedData:
 
     def to(self, device: torch.device, pin: bool = False) -> FederatedData:
         """Every split on `device`; `pin`: in page-locked host memory instead (batches then move on their own)."""
-        def move(t: torch.Tensor | TokenWindows) -> torch.Tensor | TokenWindows:
-            if isinstance(t, TokenWindows):
+        def move(t: torch.Tensor | TokenWindows | GraphRows) -> torch.Tensor | TokenWindows | GraphRows:
+            if not isinstance(t, torch.Tensor):
                 return t.to(device, pin)
             return t.pin_memory() if pin else t.to(device)
 

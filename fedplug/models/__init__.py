@@ -9,6 +9,7 @@ from torch import nn
 from fedplug.config import ConfigNode
 from fedplug.core.compose import Plan
 from fedplug.data.federated import FederatedData
+from fedplug.data.graph_rows import GraphRows
 from fedplug.errors import ConfigError
 from fedplug.seeding import MODEL_INIT, derive_seed
 
@@ -18,13 +19,16 @@ def check_fits(cfg: ConfigNode, data: FederatedData) -> None:
     if data.num_classes > cfg.model.out_channels:
         raise ConfigError(f"model.out_channels is {cfg.model.out_channels} but the {data.name} data have "
                           f"{data.num_classes} classes; set model.out_channels {data.num_classes}")
+    graphs = isinstance(data.splits["train"].x, GraphRows)
     tokens = not data.splits["train"].x.dtype.is_floating_point
     size = math.prod(data.input_shape)
-    image = not tokens and math.isqrt(size) ** 2 == size and math.isqrt(size) >= 4  # ConvNet2 pools twice by 2
-    kind = "character windows" if tokens else "square images" if image else f"vectors of {size} features"
-    fits = {"lstm": tokens, "lr": not tokens, "convnet2": image}
+    # ConvNet2 pools twice by 2
+    image = not tokens and not graphs and math.isqrt(size) ** 2 == size and math.isqrt(size) >= 4
+    kind = ("graphs" if graphs else "character windows" if tokens else "square images" if image
+            else f"vectors of {size} features")
+    fits = {"lstm": tokens, "lr": not tokens and not graphs, "convnet2": image, "gin": graphs}
     if not fits.get(cfg.model.type, True):
-        wanted = "lstm" if tokens else "lr or convnet2" if image else "lr"
+        wanted = "gin" if graphs else "lstm" if tokens else "lr or convnet2" if image else "lr"
         raise ConfigError(f"model.type {cfg.model.type} cannot read the {data.name} data ({kind}); "
                           f"use model.type {wanted}")
 
@@ -46,6 +50,11 @@ def build_model(cfg: ConfigNode, input_shape: tuple[int, ...], plan: Plan | None
             from fedplug.models.lstm import CharLSTM
 
             return CharLSTM(cfg.model.out_channels, cfg.model.embed_size, cfg.model.hidden)
+        if cfg.model.type == "gin":
+            from fedplug.models.gin import GIN
+
+            m = cfg.model
+            return GIN(input_shape[0], m.out_channels, m.hidden, m.layer, m.dropout, m.graph_pooling)
         raise AssertionError(f"model.type '{cfg.model.type}' passed validation but has no builder")
 
     # Initialise under the run's own seed without touching the global RNG of the caller.
