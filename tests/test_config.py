@@ -91,6 +91,19 @@ def test_config_is_frozen_and_round_trips(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, dump_config(cfg))) == cfg
 
 
+def test_config_keys_read_as_attributes_as_through_their_values() -> None:
+    from fedplug.config.schema import ConfigNode
+
+    cfg = load_config(None, ["train.optimizer.lr", "0.3"])
+    assert cfg.train.optimizer.lr == 0.3 and cfg.train.optimizer is cfg.train._values["optimizer"]
+    with pytest.raises(AttributeError, match="train has no key 'lrr'"):
+        cfg.train.lrr
+    node = ConfigNode({"get": 1, "to_dict": 2, "lr": 3}, "odd")
+    assert callable(node.get) and callable(node.to_dict) and node.lr == 3  # a method still wins over a key
+    with pytest.raises(AttributeError, match="frozen"):
+        node.lr = 4
+
+
 def test_show_lists_keys_with_descriptions() -> None:
     text = show_config(load_config(None, ["train.optimizer.lr", "0.3"]), "train")
     assert "train.optimizer.lr" in text and "0.3" in text and "learning rate" in text

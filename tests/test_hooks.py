@@ -155,3 +155,46 @@ def test_scoped_variables_vanish_when_their_scope_ends(small_cfg) -> None:
             getattr(ctx, name)
     with pytest.raises(ValueError, match="unknown context scope 'round'"):
         ctx.bad = CtxVar(0, "round")
+
+
+def test_set_scoped_is_ctxvar_for_several_names() -> None:
+    by_ctxvar, by_set = Context(), Context()
+    by_ctxvar.a, by_ctxvar.b, by_ctxvar.c = CtxVar(1, "batch"), CtxVar(2, "batch"), CtxVar(3, "epoch")
+    by_set.set_scoped("batch", a=1, b=2)
+    by_set.set_scoped("epoch", c=3)
+    for ctx in (by_ctxvar, by_set):
+        assert (ctx.a, ctx.b, ctx.c) == (1, 2, 3)
+        ctx.end_scope("batch")
+        assert (ctx.get("a"), ctx.get("b"), ctx.c) == (None, None, 3)
+        ctx.end_scope("epoch")
+        assert ctx.get("c") is None
+    with pytest.raises(ValueError, match="unknown context scope 'round' for x, y"):
+        by_set.set_scoped("round", x=0, y=1)
+    with pytest.raises(ValueError, match="unknown context scope 'round'"):
+        by_set.end_scope("round")
+
+
+def test_hook_functions_follow_every_change_of_the_table(small_cfg) -> None:
+    table = make_trainer(small_cfg).hooks["train"]
+    first = table.functions()
+    assert table.functions() is first  # built once, not per routine
+
+    def my_hook(ctx: Context) -> None:
+        pass
+
+    def other(ctx: Context) -> None:
+        pass
+
+    end = TRIGGERS.index("on_batch_end")
+    table.add("on_batch_end", my_hook, after="_hook_on_batch_end")
+    assert table.functions()[end][-1] is my_hook
+    table.replace("on_batch_end", "my_hook", other)
+    assert table.functions()[end][-1] is other
+    table.insert_at("on_batch_end", 0, my_hook)
+    assert table.functions()[end][0] is my_hook
+    table.remove("on_batch_end", "my_hook")
+    table.remove("on_batch_end", "other")
+    assert table.functions() == first
+    table.remove("on_batch_end")
+    assert table.functions()[end] == ()
+    assert table.copy().functions() == table.functions()

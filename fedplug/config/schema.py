@@ -78,11 +78,14 @@ def register_key(name: str, key: Key) -> None:
 class ConfigNode:
     """A frozen view of one config section; attributes are keys or sub-sections."""
 
-    __slots__ = ("_values", "_path")
+    __slots__ = ("_values", "_path", "__dict__")
 
     def __init__(self, values: dict[str, Any], path: str = "") -> None:
         object.__setattr__(self, "_values", values)
         object.__setattr__(self, "_path", path)
+        # Keys as instance attributes: hooks read the config every batch, and a hit in the instance dict
+        # costs no __getattr__ call. A key named like a method is shadowed by it, as before.
+        self.__dict__.update({k: v for k, v in values.items() if not hasattr(ConfigNode, k)})
 
     def __getattr__(self, name: str) -> Any:
         try:

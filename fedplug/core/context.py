@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 SCOPES = ("batch", "epoch", "routine")
+# The scopes that end with each scope: itself and the narrower ones.
+_ENDING = {scope: SCOPES[: i + 1] for i, scope in enumerate(SCOPES)}
 
 
 class CtxVar(NamedTuple):
@@ -23,28 +25,42 @@ class Context:
 
     def __init__(self, **variables: Any) -> None:
         object.__setattr__(self, "_scoped", {scope: set() for scope in SCOPES})
-        for name, value in variables.items():
-            object.__setattr__(self, name, value)
+        self.__dict__.update(variables)
 
     def __setattr__(self, name: str, value: Any) -> None:
+        # Runs for every assignment a hook makes, several per batch: one dict lookup per branch.
         if type(value) is CtxVar:
-            scope = value.scope
-            if scope not in self._scoped:
-                raise ValueError(f"unknown context scope '{scope}' for '{name}'; use one of {SCOPES}")
-            self._scoped[scope].add(name)
+            names = self._scoped.get(value.scope)
+            if names is None:
+                raise ValueError(f"unknown context scope '{value.scope}' for '{name}'; use one of {SCOPES}")
+            names.add(name)
             value = value.value
-        object.__setattr__(self, name, value)
+        self.__dict__[name] = value
 
     def __getattr__(self, name: str) -> Any:  # only called when the attribute is missing
         raise AttributeError(f"context variable '{name}' is not set (was it scoped to a batch, epoch or routine that ended?)")
+
+    def set_scoped(self, scope: str, **variables: Any) -> None:
+        """`ctx.name = CtxVar(value, scope)` for each name=value, in one call (the default hooks' per-batch writes)."""
+        names = self._scoped.get(scope)
+        if names is None:
+            raise ValueError(f"unknown context scope '{scope}' for {', '.join(variables)}; use one of {SCOPES}")
+        names.update(variables)
+        self.__dict__.update(variables)
 
     def get(self, name: str, default: Any = None) -> Any:
         return self.__dict__.get(name, default)
 
     def end_scope(self, scope: str) -> None:
-        """Delete every variable scoped to `scope` (and narrower scopes)."""
-        for s in SCOPES[: SCOPES.index(scope) + 1]:
-            names = self._scoped[s]
-            for name in names:
-                self.__dict__.pop(name, None)
-            names.clear()
+        """Delete every variable scoped to `scope` (and narrower scopes): work in the variables scoped, not
+        in everything the Context holds."""
+        ending = _ENDING.get(scope)
+        if ending is None:
+            raise ValueError(f"unknown context scope '{scope}'; use one of {SCOPES}")
+        variables, scoped = self.__dict__, self._scoped
+        for s in ending:
+            names = scoped[s]
+            if names:
+                for name in names:
+                    variables.pop(name, None)
+                names.clear()

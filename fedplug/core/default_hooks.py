@@ -46,10 +46,9 @@ def _hook_on_batch_start_gather(ctx: Context) -> None:
     start = ctx.cur_batch_i * ctx.batch_size_cfg
     index = ctx.batch_order[start:start + ctx.batch_size_cfg]
     device = ctx.get("device")
-    ctx.batch_index = CtxVar(index, "batch")  # rows of ctx.x in this batch
-    ctx.x_batch = CtxVar(on_device(ctx.x[index], device), "batch")
-    ctx.y_batch = CtxVar(on_device(ctx.y[index], device), "batch")
-    ctx.batch_size = CtxVar(index.shape[0], "batch")
+    # batch_index: the rows of ctx.x in this batch
+    ctx.set_scoped("batch", batch_index=index, x_batch=on_device(ctx.x[index], device),
+                   y_batch=on_device(ctx.y[index], device), batch_size=index.shape[0])
 
 
 def on_device(batch: torch.Tensor | GraphBatch, device: torch.device | None) -> torch.Tensor | GraphBatch:
@@ -68,9 +67,10 @@ def _hook_on_batch_start_slice(ctx: Context) -> None:
 
 
 def _hook_on_batch_forward(ctx: Context) -> None:
-    ctx.y_prob = CtxVar(ctx.model(ctx.x_batch), "batch")
-    ctx.loss_batch = CtxVar(ctx.criterion(ctx.y_prob, ctx.y_batch), "batch")
-    ctx.loss_task = CtxVar(ctx.loss_batch, "batch")  # what backward uses; regularizers add to it
+    y_prob = ctx.model(ctx.x_batch)
+    loss = ctx.criterion(y_prob, ctx.y_batch)
+    # loss_task: what backward uses; regularizers add to it
+    ctx.set_scoped("batch", y_prob=y_prob, loss_batch=loss, loss_task=loss)
 
 
 def _hook_on_batch_backward(ctx: Context) -> None:

@@ -37,6 +37,7 @@ class HookTable:
 
     def __init__(self) -> None:
         self._hooks: dict[str, list[Hook]] = {t: [] for t in TRIGGERS}
+        self._functions: tuple[tuple[HookFn, ...], ...] | None = None  # built on demand, dropped by every change
 
     @staticmethod
     def _check_trigger(trigger: str) -> None:
@@ -67,6 +68,7 @@ class HookTable:
         else:
             position = len(hooks)
         hooks.insert(position, Hook(name, fn, owner))
+        self._functions = None
 
     def insert_at(self, trigger: str, position: int, fn: HookFn, name: str | None = None, owner: str = "user") -> None:
         """Insert at a list position (seed compatibility only: prefer `add` with a named anchor)."""
@@ -76,12 +78,14 @@ class HookTable:
         if not 0 <= position <= len(hooks):
             raise IndexError(f"insert position {position} is outside 0..{len(hooks)} at {trigger}")
         hooks.insert(position, Hook(name or fn.__name__, fn, owner))
+        self._functions = None
 
     def replace(self, trigger: str, name: str, fn: HookFn, new_name: str | None = None, owner: str = "user") -> None:
         """Put `fn` where the hook `name` is."""
         self._check_trigger(trigger)
         i = self._index(trigger, name)
         self._hooks[trigger][i] = Hook(new_name or fn.__name__, fn, owner)
+        self._functions = None
 
     def remove(self, trigger: str, name: str | None = None) -> None:
         """Remove the hook `name`, or every hook at `trigger` when `name` is None."""
@@ -90,13 +94,17 @@ class HookTable:
             self._hooks[trigger].clear()
         else:
             del self._hooks[trigger][self._index(trigger, name)]
+        self._functions = None
 
     def names(self, trigger: str) -> list[str]:
         return [h.name for h in self._hooks[trigger]]
 
     def functions(self) -> tuple[tuple[HookFn, ...], ...]:
-        """The hook functions per trigger point, in TRIGGERS order (what the engine loops over)."""
-        return tuple(tuple(h.fn for h in self._hooks[t]) for t in TRIGGERS)
+        """The hook functions per trigger point, in TRIGGERS order (what the engine loops over); built once
+        per change of the table, not once per routine."""
+        if self._functions is None:
+            self._functions = tuple(tuple(h.fn for h in self._hooks[t]) for t in TRIGGERS)
+        return self._functions
 
     def __iter__(self) -> Iterator[tuple[str, list[Hook]]]:
         for trigger in TRIGGERS:

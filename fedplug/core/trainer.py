@@ -89,25 +89,27 @@ class Trainer:
                 hook(ctx)
 
         ctx.run_forward = run_forward
+        # A batch's four trigger points run back to back: one loop over their hooks in that order.
+        batch_hooks = batch_start + forward + backward + batch_end
+        variables, end_scope = ctx.__dict__, ctx.end_scope  # the indices are plain values: no __setattr__ needed
         for hook in fit_start:
             hook(ctx)
         for epoch_i in range(ctx.num_epoch):
-            ctx.cur_epoch_i = epoch_i
+            variables["cur_epoch_i"] = epoch_i
             for hook in epoch_start:
                 hook(ctx)
             batches = ctx.num_batch_last_epoch if epoch_i == ctx.num_epoch - 1 else ctx.num_batch
             for batch_i in range(batches):
-                ctx.cur_batch_i = batch_i
-                for hooks in (batch_start, forward, backward, batch_end):
-                    for hook in hooks:
-                        hook(ctx)
-                ctx.end_scope("batch")
+                variables["cur_batch_i"] = batch_i
+                for hook in batch_hooks:
+                    hook(ctx)
+                end_scope("batch")
             for hook in epoch_end:
                 hook(ctx)
-            ctx.end_scope("epoch")
+            end_scope("epoch")
         for hook in fit_end:
             hook(ctx)
-        ctx.end_scope("routine")
+        end_scope("routine")
 
     # -- hook API ---------------------------------------------------------------------------------
     def add_hook(self, routine: str, trigger: str, fn: HookFn, name: str | None = None, *,
