@@ -78,7 +78,8 @@ class Ditto(FederatedScopeDitto, Plugin):
             self.sequential_reason = "with ditto.semantics federatedscope (no cohort form)"
             table = self.personal_table  # v's batches come from the visit's one loader, no shuffle of their own
             table.remove("on_epoch_start", "_hook_on_epoch_start_shuffle")
-            table.replace("on_batch_start", "_hook_on_batch_start_gather", _hook_on_batch_start_stream)
+            table.replace("on_batch_start", "_hook_on_batch_start_gather", _hook_on_batch_start_stream,
+                          "_hook_on_batch_start_ditto_stream", owner=self.name)
             table.add("on_fit_start", self._hook_on_fit_start_keep_optimizer, "_hook_on_fit_start_ditto_optimizer",
                       after="_hook_on_fit_start_init", owner=self.name)
 
@@ -93,7 +94,8 @@ class Ditto(FederatedScopeDitto, Plugin):
         ]
 
     def extra_routines(self) -> dict[str, HookTable]:
-        return {f"ditto personal ({self.personal_steps} steps, lr {self.personal_lr})": self.personal_table}
+        when = ", a pass per epoch before w's batches" if self.federatedscope else ""
+        return {f"ditto personal ({self.personal_steps} steps{when}, lr {self.personal_lr})": self.personal_table}
 
     def _hook_on_batch_forward_add_personal_term(self, ctx: Context) -> None:
         """In the personal update: loss += lambda/2 * ||v - w_received||^2."""
