@@ -14,7 +14,21 @@ ones re-run the forward hooks (so FedProx's term, if on, is part of f). The repo
 the one of the last forward pass of each batch (at theta after K - 1 inner steps). The updates are
 plain SGD: the configured momentum and weight decay are not applied; gradient-norm clipping
 (`grad.grad_clip`) is applied to each inner step's task gradient.
-Keys: `pfedme.use`, `personalization.K`, `.lr`, `.regular_weight` (lambda), `.beta`.
+
+`pfedme.semantics: federatedscope` reproduces FederatedScope's trainer instead (its published
+figures came from it; federatedscope/core/trainers/trainer_pFedMe.py):
+- `init_pFedMe_ctx` multiplies the number of epochs by K and `_hook_on_batch_start_init_pfedme`
+  fetches a new batch only every K-th batch call (a counter over the whole visit), reusing the
+  cached one otherwise: each call is one theta step (`core/optimizer.py`,
+  `wrap_regularized_optimizer`: grad + lambda * (theta - w));
+- `_hook_on_epoch_end_update_local` moves w once per epoch (K times per pass of the schedule),
+  not after each batch's K inner steps;
+- `_hook_on_fit_end_update_local` leaves w in the model and theta is dropped: clients are
+  evaluated with the broadcast global model, never theta;
+- samples processed count every batch call, so the server's beta interpolation of the weighted
+  average (FederatedScope's ClientsAvgAggregator) weights uploads by about K times the samples.
+This option has no cohort form: the vectorized backend says so and runs pFedMe's clients sequentially.
+Keys: `pfedme.use`, `pfedme.semantics`, `personalization.K`, `.lr`, `.regular_weight` (lambda), `.beta`.
 """
 from __future__ import annotations
 
@@ -22,6 +36,7 @@ import torch
 
 from fedplug.config import ConfigNode
 from fedplug.core.context import Context, CtxVar
+from fedplug.core.default_hooks import _hook_on_batch_start_gather
 from fedplug.core.params import copy_parameters, load_parameters, trainable
 from fedplug.core.messages import RoundFacts
 from fedplug.core.plugin import HookSpec, Params, Plugin
@@ -40,11 +55,18 @@ class PFedMe(Plugin):
         self.personal_lr: float = section.lr if section.lr > 0 else cfg.train.optimizer.lr
         self.regular_weight: float = section.regular_weight  # lambda
         self.beta: float = section.beta
+        self.federatedscope: bool = cfg.pfedme.semantics == "federatedscope"
+        if self.federatedscope:
+            self.vectorizes = False
+            self.sequential_reason = "with pfedme.semantics federatedscope (no cohort form)"
 
     def hooks(self) -> list[HookSpec]:
+        start = HookSpec("on_fit_start", self._hook_on_fit_start_copy_local_model, "_hook_on_fit_start_copy_local_model",
+                         after=("_hook_on_fit_start_init",), writes=("pfedme_w",))
+        if self.federatedscope:
+            return [start, *self._federatedscope_hooks()]
         return [
-            HookSpec("on_fit_start", self._hook_on_fit_start_copy_local_model, "_hook_on_fit_start_copy_local_model",
-                     after=("_hook_on_fit_start_init",), writes=("pfedme_w",)),
+            start,
             HookSpec("on_batch_backward", self._hook_on_batch_backward_pfedme, "_hook_on_batch_backward_pfedme",
                      replaces="_hook_on_batch_backward"),
             HookSpec("on_fit_end", self._hook_on_fit_end_keep_personal_upload_local,
@@ -59,9 +81,14 @@ class PFedMe(Plugin):
         ctx.pfedme_w = CtxVar(copy_parameters(ctx.model), "routine")
 
     def _hook_on_batch_backward_pfedme(self, ctx: Context) -> None:
+        self._theta_steps(ctx, self.inner_steps)
+        self._move_local(ctx)
+
+    def _theta_steps(self, ctx: Context, steps: int) -> None:
+        """`steps` SGD steps of theta on f(theta; batch) + lambda/2 * ||theta - w||^2."""
         theta = trainable(ctx.model)
         local = ctx.pfedme_w
-        for step in range(self.inner_steps):
+        for step in range(steps):
             if step > 0:  # the forward hooks computed the loss at the first theta; recompute at the moved one
                 ctx.run_forward()
             for p in theta.values():
@@ -72,13 +99,70 @@ class PFedMe(Plugin):
             with torch.no_grad():
                 for name, p in theta.items():
                     p.sub_(self.personal_lr * (p.grad + self.regular_weight * (p - local[name])))
+
+    def _move_local(self, ctx: Context) -> None:
+        """w <- w - lr * lambda * (w - theta)."""
+        theta = trainable(ctx.model)
         with torch.no_grad():
-            for name, w in local.items():
+            for name, w in ctx.pfedme_w.items():
                 w.sub_(ctx.lr * self.regular_weight * (w - theta[name]))
 
     def _hook_on_fit_end_keep_personal_upload_local(self, ctx: Context) -> None:
         """Keep theta for evaluation and the next round; leave w in the model, which is what uploads."""
         self.state(ctx).update(copy_parameters(ctx.model))
+        load_parameters(ctx.model, ctx.pfedme_w)
+
+    # -- pfedme.semantics federatedscope: trainer_pFedMe.py's schedule -----------------------------
+    def _federatedscope_hooks(self) -> list[HookSpec]:
+        return [
+            HookSpec("on_fit_start", self._hook_on_fit_start_k_epochs, "_hook_on_fit_start_pfedme_k_epochs",
+                     after=("_hook_on_fit_start_copy_local_model",), writes=("pfedme_calls", "pfedme_cache")),
+            HookSpec("on_epoch_start", self._hook_on_epoch_start_count, "_hook_on_epoch_start_pfedme_count",
+                     after=("_hook_on_epoch_start_shuffle",), writes=("pfedme_fetched",)),
+            HookSpec("on_batch_start", self._hook_on_batch_start_reuse, "_hook_on_batch_start_pfedme_reuse",
+                     replaces="_hook_on_batch_start_gather"),
+            HookSpec("on_batch_backward", self._hook_on_batch_backward_theta, "_hook_on_batch_backward_pfedme_theta",
+                     replaces="_hook_on_batch_backward"),
+            HookSpec("on_epoch_end", self._hook_on_epoch_end_move_local, "_hook_on_epoch_end_pfedme_move_local"),
+            HookSpec("on_fit_end", self._hook_on_fit_end_upload_local, "_hook_on_fit_end_pfedme_upload_local",
+                     before=("_hook_on_fit_end",)),
+        ]
+
+    def _hook_on_fit_start_k_epochs(self, ctx: Context) -> None:
+        """init_pFedMe_ctx: `num_train_epoch *= K` (the loop reads num_epoch after on_fit_start)."""
+        ctx.num_epoch = ctx.num_epoch * self.inner_steps
+        ctx.pfedme_calls = CtxVar(0, "routine")
+        ctx.pfedme_cache = CtxVar(None, "routine")
+
+    def _hook_on_epoch_start_count(self, ctx: Context) -> None:
+        ctx.pfedme_fetched = CtxVar(0, "epoch")  # batches taken from this epoch's permutation
+
+    def _hook_on_batch_start_reuse(self, ctx: Context) -> None:
+        """_hook_on_batch_start_init_pfedme: the next batch of the epoch's permutation every K-th call, counted
+        over the visit (so across epochs), else the cached batch again."""
+        if ctx.pfedme_calls % self.inner_steps == 0:
+            position = ctx.cur_batch_i
+            ctx.cur_batch_i = ctx.pfedme_fetched
+            _hook_on_batch_start_gather(ctx)
+            ctx.cur_batch_i = position
+            ctx.pfedme_fetched += 1
+            ctx.pfedme_cache = (ctx.batch_index, ctx.x_batch, ctx.y_batch, ctx.batch_size)
+        else:
+            index, x, y, size = ctx.pfedme_cache
+            ctx.batch_index, ctx.x_batch = CtxVar(index, "batch"), CtxVar(x, "batch")
+            ctx.y_batch, ctx.batch_size = CtxVar(y, "batch"), CtxVar(size, "batch")
+        ctx.pfedme_calls += 1
+
+    def _hook_on_batch_backward_theta(self, ctx: Context) -> None:
+        """One call, one regularized theta step; w waits for the end of the epoch."""
+        self._theta_steps(ctx, 1)
+
+    def _hook_on_epoch_end_move_local(self, ctx: Context) -> None:
+        """_hook_on_epoch_end_update_local: w moves toward theta once per epoch."""
+        self._move_local(ctx)
+
+    def _hook_on_fit_end_upload_local(self, ctx: Context) -> None:
+        """_hook_on_fit_end_update_local: w is uploaded; theta is not kept (evaluation uses the global model)."""
         load_parameters(ctx.model, ctx.pfedme_w)
 
     # -- evaluation --------------------------------------------------------------------------------

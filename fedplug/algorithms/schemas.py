@@ -47,12 +47,20 @@ register_section("personalization", Section("shared keys of the personalized alg
     "local_update_steps": Key(-1, "Ditto: personal-model steps per round; <= 0: train.local_update_steps"),
 }))
 
+_SEMANTICS = ("paper", "federatedscope")
+
 register_section("pfedme", Section("pFedMe: Moreau-envelope personalization (Dinh et al. 2020)", {
     "use": _use("pFedMe"),
+    "semantics": Key("paper", "paper: Algorithm 1 (w moves after each batch's K inner steps, clients judged by "
+                     "theta); federatedscope: FederatedScope's trainer_pFedMe.py (K calls per batch, w moves once "
+                     "per epoch, clients judged by the global model; runs sequentially)", choices=_SEMANTICS),
 }))
 
 register_section("ditto", Section("Ditto: a personal model per client kept across rounds (Li et al. 2021)", {
     "use": _use("Ditto"),
+    "semantics": Key("paper", "paper: Algorithm 1 (all personal steps, then the global ones); federatedscope: "
+                     "FederatedScope's trainer_Ditto.py (personal then global batches within each epoch, personal "
+                     "model starting from the initial model; runs sequentially)", choices=_SEMANTICS),
 }))
 
 register_section("fedem", Section("FedEM: a mixture of component models per client (Marfoq et al. 2021)", {

@@ -63,8 +63,8 @@ def check_cohort_forms(plan: Plan) -> None:
 
 def plugin_blockers(plan: Plan) -> list[str]:
     """One line per active plug-in whose client side has no cohort form."""
-    return [f"{p.name} does not declare `vectorizes`: client routines run one client at a time (sequential)"
-            for p in plan.plugins if not (p.vectorizes or _no_client_code(p))]
+    return [f"{p.name} {p.sequential_reason or 'does not declare `vectorizes`'}: client routines run one client at a "
+            "time (sequential)" for p in plan.plugins if not (p.vectorizes or _no_client_code(p))]
 
 
 def model_blockers(model: nn.Module) -> list[str]:

@@ -78,6 +78,9 @@ class Plugin:
     # and give the cohort form of their client hooks (the cohort_* methods below); with any other
     # plug-in it says so in one line and runs the client routines one at a time.
     vectorizes: ClassVar[bool] = False
+    # Why this instance runs sequentially although its class vectorizes (an option without a cohort form):
+    # the vectorized backend's one line then names it (an instance sets `vectorizes = False` and this).
+    sequential_reason: str = ""
 
     def __init__(self, cfg: ConfigNode) -> None:
         self.cfg = cfg
