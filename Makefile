@@ -18,7 +18,7 @@ run: $(STAMP)
 	$(VENV)/bin/fedplug --cfg configs/fedavg_lr_on_synthetic.yaml
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q --durations=20
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/bench_fedavg_synthetic.py
