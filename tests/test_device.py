@@ -95,7 +95,7 @@ def on_each_device(cpu: list[str], accelerators: list[str]) -> list:
         for acc in ACCELERATORS for case in accelerators]
 
 
-@pytest.mark.parametrize("device, name", on_each_device(["ditto"], ["fedavg", "ditto", "fedem",
+@pytest.mark.parametrize("device, name", on_each_device(["fedavg"], ["fedavg", "ditto", "fedem",
                                                                     "scaffold+fedopt+fedbn_epochs_clip"]))
 def test_vectorized_equals_sequential_on_the_device(small_cfg, device: str, name: str) -> None:
     over = {**UNEVEN, **PLUGINS[name], "device": device}
