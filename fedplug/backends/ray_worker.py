@@ -23,7 +23,6 @@ import torch
 
 from fedplug.config import dotted, load_config
 from fedplug.core.messages import Upload
-from fedplug.core.params import Params
 from fedplug.data.federated import FederatedData
 from fedplug.device import place_data, to_device
 from fedplug.errors import UserError
@@ -85,9 +84,8 @@ class RayWorker:
         self._take(state)
         global_params, extras = (to_device(tree, self.device) for tree in from_wire(sent))
         # Copied as they come: the sequential backend's tensors are views of its one model.
-        uploads = pack_uploads([Upload(u.client, _copied(u.params), u.metrics,
-                                       {p: _copied(e) for p, e in u.extras.items()})
-                                for u in self.backend.train_cohort(clients, round_num, global_params, extras)])
+        trained = self.backend.train_cohort(clients, round_num, global_params, extras)
+        uploads = pack_uploads([u.copied() for u in trained])
         kept, states = self.backend.export_client_state()
         return uploads, to_wire(({c: kept[c] for c in clients if c in kept},
                                  {c: states[c] for c in clients if c in states}))
@@ -96,10 +94,6 @@ class RayWorker:
         """The results of the clients in `clients` on `split`, in client order."""
         self._take(state)
         return self.backend.evaluate(to_device(from_wire(sent), self.device), split, clients)
-
-
-def _copied(tensors: Params) -> Params:
-    return {n: t.detach().clone() for n, t in tensors.items()}
 
 
 def to_wire(tree: Any) -> Any:

@@ -70,6 +70,11 @@ class Upload:
     def steps(self) -> float:
         return self.metrics["train_steps"]
 
+    def copied(self) -> Upload:
+        """The same upload in tensors of its own: a backend reuses its tensors for the next client."""
+        return Upload(self.client, {n: t.detach().clone() for n, t in self.params.items()}, dict(self.metrics),
+                      {p: {n: t.detach().clone() for n, t in e.items()} for p, e in self.extras.items()})
+
 
 @dataclass
 class RoundFacts:

@@ -23,7 +23,6 @@ from fedplug.backends import build_backend
 from fedplug.config import ConfigNode
 from fedplug.core.compose import Plan
 from fedplug.core.messages import RoundFacts, Upload
-from fedplug.core.params import Params
 from fedplug.data import build_data
 from fedplug.device import deterministic, place_data, resolve
 from fedplug.errors import BackendLost, RunDiverged, UserError
@@ -157,15 +156,10 @@ def transformed_uploads(plan: Plan, uploads: Iterable[Upload], facts: RoundFacts
     points = plan.with_method("transform_uploads")
     if not points:
         return uploads
-    kept = [Upload(u.client, _copied(u.params), dict(u.metrics), {p: _copied(e) for p, e in u.extras.items()})
-            for u in uploads]  # copies: the backend reuses its tensors for the next client
+    kept = [u.copied() for u in uploads]
     for plugin in points:
         kept = plugin.transform_uploads(kept, facts)
     return kept
-
-
-def _copied(tensors: Params) -> Params:
-    return {n: t.detach().clone() for n, t in tensors.items()}
 
 
 def finish_run(cfg: ConfigNode, label: str, run_dir: Path, records: list[dict], stopper: EarlyStopper,

@@ -35,9 +35,7 @@ class RoundAggregation:
         if self.mean is not None:
             self.mean.add(upload.params, weight)
         else:
-            self.kept.append(Upload(upload.client, {n: t.detach().clone() for n, t in upload.params.items()},
-                                    dict(upload.metrics),
-                                    {p: {n: t.clone() for n, t in e.items()} for p, e in upload.extras.items()}))
+            self.kept.append(upload.copied())
         for plugin, reductions in self.reductions.items():
             for name, reduction in reductions.items():
                 reduction.add(upload.extras[plugin][name], weight)
