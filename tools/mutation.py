@@ -56,6 +56,13 @@ CAMPAIGN: dict[str, list[str]] = {
     "fedplug/algorithms/scaffold.py": ["tests/test_scaffold.py"],
     "fedplug/algorithms/fednova.py": ["tests/test_fednova.py"],
     "fedplug/algorithms/feddyn.py": ["tests/test_feddyn.py"],
+    "fedplug/algorithms/fedem_cohort.py": ["tests/test_vectorized.py::test_vectorized_equals_sequential_after_each_round"],
+    "fedplug/algorithms/ditto_federatedscope.py": ["tests/test_fscompat.py"],
+    "fedplug/algorithms/dp.py": ["tests/test_dp.py"],
+    "fedplug/algorithms/adaptive_clip.py": ["tests/test_dp.py"],
+    "fedplug/algorithms/dp_accountant.py": ["tests/test_dp.py"],
+    **{f"fedplug/aggregators/{rule}.py": ["tests/test_robust_aggregators.py"]
+       for rule in ("base", "krum", "median", "trimmed_mean", "bulyan", "norm_bounding", "centered_clipping")},
 }
 LINKED = ("fedplug", "tests", "configs")
 
