@@ -2,6 +2,7 @@
 
     python benchmarks/column.py synthetic                 # the reference Synthetic column (about 16 min)
     python benchmarks/column.py synthetic --only pfedme ditto   # these rows only; the others kept from the table
+    python benchmarks/column.py synthetic --seeds 5 --jobs 2    # mean +- std over seeds 0-4 (<column>_column_seeds.md)
     python benchmarks/column.py standin_cpu --jobs 2      # ConvNet2 on the handwriting stand-in, CPU scale
     python benchmarks/column.py shakespeare_cpu --jobs 2  # the LSTM on Shakespeare, CPU scale
     python benchmarks/column.py femnist --set data.femnist.url=DIR   # reference protocols (a bigger machine)
@@ -96,13 +97,20 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every run")
     parser.add_argument("--collect", nargs="+", type=Path, metavar="RUN_DIR",
                         help="make the table from these finished run folders instead of running")
+    parser.add_argument("--seeds", type=int, metavar="K",
+                        help="run each config with seeds 0..K-1 and report mean +- std (a table of its own)")
     args = parser.parse_args()
+    if args.seeds is not None and (args.seeds < 1 or args.collect):
+        parser.error("--seeds takes K >= 1 and runs the configs (not with --collect)")
     pattern, published_key, comparable, algorithms, title = COLUMNS[args.column]
     algorithms = [a for a in algorithms if not args.only or a in args.only]
     overrides = args.set + (["threads=1"] if args.jobs > 1 else [])
     variants = PAPER_VARIANTS if args.column == "synthetic" else {}
     jobs = [(a + (FS_SUFFIX if a in variants else ""), a, []) for a in algorithms]
     jobs += [(a + PAPER_SUFFIX, a, [variants[a]]) for a in algorithms if a in variants]
+    if args.seeds is not None:
+        run_seeds(args, pattern, title, published_key, jobs, overrides)
+        return
     if args.collect:
         runs = {r["key"]: r for r in map(read_run, args.collect)}
         results = {key: runs[key] for key, _, _ in jobs if key in runs}
@@ -115,6 +123,25 @@ def main() -> None:
     write_table(args, pattern, comparable, title, json.loads((ROOT / "benchmarks" / "published.json").read_text()),
                 results, picture)
     plot(results, title, RESULTS / picture)
+
+
+def run_seeds(args: argparse.Namespace, pattern: str, title: str, published_key: str, jobs: list,
+              overrides: list[str]) -> None:
+    """Every job once per seed, then the mean +- std table (column_seeds.py)."""
+    from column_seeds import write_seeds_table
+
+    seeds = list(range(args.seeds))
+    with tempfile.TemporaryDirectory(prefix="fedplug-column-") as outdir, ThreadPoolExecutor(args.jobs) as pool:
+        futures = {(key, seed): pool.submit(run_config, ROOT / pattern.format(a), Path(outdir),
+                                            overrides + extra + [f"seed={seed}"])
+                   for key, a, extra in jobs for seed in seeds}
+        results = {key: [futures[key, seed].result() for seed in seeds] for key, _, _ in jobs}
+    command = f"python benchmarks/column.py {args.column} --seeds {args.seeds}" + \
+        (f" --jobs {args.jobs}" if args.jobs > 1 else "") + (f" --only {' '.join(args.only)}" if args.only else "") + \
+        (f" --set {' '.join(args.set)}" if args.set else "")
+    tables = json.loads((ROOT / "benchmarks" / "published.json").read_text())
+    path = write_seeds_table(args.column, title, command, seeds, tables, published_key, results)
+    print(f"wrote {path.relative_to(ROOT)}")
 
 
 def write_table(args: argparse.Namespace, pattern: str, comparable: bool, title: str, tables: dict,
