@@ -99,6 +99,8 @@ class SequentialBackend:
     def train_client(self, client: int, round_num: int, global_params: Params,
                      extras: dict[str, Params] | None = None) -> dict[str, Any]:
         """One local update; the uploaded tensors are views, read them before the next visit."""
+        if self.state_device == self.device:  # the states stay where they are: no context manager per visit
+            return self._train_client(client, round_num, global_params, extras or {})
         with self.visiting([client]):
             return self._train_client(client, round_num, global_params, extras or {})
 

@@ -43,12 +43,16 @@ def _hook_on_epoch_start_shuffle(ctx: Context) -> None:
 
 
 def _hook_on_batch_start_gather(ctx: Context) -> None:
-    start = ctx.cur_batch_i * ctx.batch_size_cfg
-    index = ctx.batch_order[start:start + ctx.batch_size_cfg]
+    size = ctx.batch_size_cfg
+    start = ctx.cur_batch_i * size
+    index = ctx.batch_order[start:start + size]
+    x_batch, y_batch = ctx.x[index], ctx.y[index]
     device = ctx.get("device")
+    # One check per batch, inline (the common case: data already on the model's device, nothing to move).
+    if device is not None and (x_batch.device != device or y_batch.device != device):
+        x_batch, y_batch = on_device(x_batch, device), on_device(y_batch, device)
     # batch_index: the rows of ctx.x in this batch
-    ctx.set_scoped("batch", batch_index=index, x_batch=on_device(ctx.x[index], device),
-                   y_batch=on_device(ctx.y[index], device), batch_size=index.shape[0])
+    ctx.set_scoped("batch", batch_index=index, x_batch=x_batch, y_batch=y_batch, batch_size=index.shape[0])
 
 
 def on_device(batch: torch.Tensor | GraphBatch, device: torch.device | None) -> torch.Tensor | GraphBatch:
