@@ -38,7 +38,14 @@ CAMPAIGN: dict[str, list[str]] = {
     "fedplug/run/evaluation.py": ["tests/test_pooling_exact.py", "tests/test_round_schedule.py"],
     "fedplug/run/rounds.py": ["tests/test_resume_early_stop.py", "tests/test_round_schedule.py",
                               "tests/test_distributed_min_received.py",
-                              "tests/test_checkpoint.py::test_resuming_from_the_last_checkpoint_repeats_the_end_exactly"],
+                              "tests/test_checkpoint.py::test_resuming_from_the_last_checkpoint_repeats_the_end_exactly",
+                              # the checkpoint's checks, per-client state and clients.jsonl on resume
+                              *(f"tests/test_integrity.py::test_{name}" for name in (
+                                  "resume_refuses_a_changed_checkpoint", "resume_refuses_an_edited_config_yaml",
+                                  "resume_of_a_finished_run_says_so_and_changes_nothing",
+                                  "checkpoint_at_the_end_of_every_checkpointed_run")),
+                              "tests/test_scaffold.py::test_resume_restores_c_and_every_c_i",
+                              "tests/test_plots.py::test_resume_cuts_clients_jsonl_back_to_the_checkpoint"],
     "fedplug/server/aggregation.py": ["tests/test_aggregation.py", "tests/test_pooling_exact.py",
                                       "tests/test_round_schedule.py"],
     "fedplug/server/round.py": ["tests/test_pooling_exact.py", "tests/test_round_schedule.py",
