@@ -7,19 +7,22 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli_call
+from conftest import SMALL, cli_call
+from fedplug.config import load_config
 from fedplug.run.compare import differing_keys, flatten
 from fedplug.run.simulation import run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture
-def three_runs(small_cfg) -> list[Path]:
-    """Same federation; the second differs in seed, the third in learning rate."""
-    base = dict(federate__total_round_num=4)
-    results = [run(small_cfg(**base)), run(small_cfg(**base, seed=1)),
-               run(small_cfg(**base, train__optimizer__lr=0.05))]
+@pytest.fixture(scope="module")
+def three_runs(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> list[Path]:
+    """Same federation; the second differs in seed, the third in learning rate. Made once for the module: the tests
+    only read them (a damaged copy is made elsewhere)."""
+    base = {**SMALL, "data.root": str(data_root), "outdir": str(tmp_path_factory.mktemp("compare") / "runs"),
+            "federate.total_round_num": 4}
+    results = [run(load_config(None, base)), run(load_config(None, {**base, "seed": 1})),
+               run(load_config(None, {**base, "train.optimizer.lr": 0.05}))]
     return [Path(r["run_dir"]) for r in results]
 
 

@@ -30,15 +30,16 @@ def standalone(tmp_path: Path, data_root: Path, words: list[str]) -> dict:
     return run(load_config(CONFIG, overrides))
 
 
-def launch_words(tmp_path: Path, data_root: Path, per_process: int = 4) -> list[str]:
-    # Several client ids per process: fewer processes import PyTorch (the suite stays fast).
+def launch_words(tmp_path: Path, data_root: Path, per_process: int = 8) -> list[str]:
+    # Every client id in one process unless a test is about several: each process imports PyTorch (the suite's
+    # largest cost); the two tests here that check the prefixed logs and the children ask for 4 each.
     return ["outdir", str(tmp_path / "launched"), "data.root", str(data_root),
             "distribute.clients_per_process", str(per_process)]
 
 
 def test_launch_prints_the_standalone_result(tmp_path: Path, data_root: Path) -> None:
     expected = standalone(tmp_path, data_root, [])
-    launch = Proc(fedplug_cmd("launch", "--cfg", CONFIG, *launch_words(tmp_path, data_root)), tmp_path)
+    launch = Proc(fedplug_cmd("launch", "--cfg", CONFIG, *launch_words(tmp_path, data_root, per_process=4)), tmp_path)
     code, result = launch.finish()
     assert code == 0, launch.log[-3000:]
     assert without_run_dir(result) == without_run_dir(expected)
@@ -51,7 +52,7 @@ def test_launch_killed_and_resumed_with_fedprox_fedopt_ditto_equals_standalone(t
                                                                                data_root: Path) -> None:
     """The uninterrupted reference is the standalone run (equal to an uninterrupted launch, as above)."""
     expected = standalone(tmp_path, data_root, COMBO)
-    words = [*launch_words(tmp_path, data_root, per_process=8), *COMBO]
+    words = [*launch_words(tmp_path, data_root), *COMBO]
     first = Proc(fedplug_cmd("launch", "--cfg", CONFIG, *words), tmp_path, FEDPLUG_FAILPOINT="round_end@6")
     first.wait_for("failpoint round_end@6 reached")  # round 6 trained, not yet aggregated; checkpoint at 4
     first.kill_group()  # SIGKILL to launch, the server and every client
@@ -101,7 +102,7 @@ def test_launch_interrupted_stops_every_process_it_started(tmp_path: Path, data_
     import signal
 
     # The server freezes after round 2's clients, so the run is still going when Ctrl-C comes.
-    launch = Proc(fedplug_cmd("launch", "--cfg", CONFIG, *launch_words(tmp_path, data_root)), tmp_path,
+    launch = Proc(fedplug_cmd("launch", "--cfg", CONFIG, *launch_words(tmp_path, data_root, per_process=4)), tmp_path,
                   FEDPLUG_FAILPOINT="round_end@2")
     launch.wait_for("failpoint round_end@2 reached")
     children = children_of(launch.proc.pid)

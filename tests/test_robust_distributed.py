@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import cli_call
 from fedplug_procs import Proc, fedplug_cmd, without_run_dir
 from test_distributed import CONFIG, launch_words, standalone
 
@@ -31,12 +32,12 @@ def test_launch_equals_standalone(tmp_path: Path, data_root: Path, words: list[s
     assert without_run_dir(result) == without_run_dir(expected)
 
 
-def test_launch_refuses_too_few_results_per_round_at_start_up(tmp_path: Path, data_root: Path) -> None:
-    """The config's federate.min_received_num 2 lets a round aggregate 2 uploads: too few for Krum with f = 0."""
-    launch = Proc(fedplug_cmd("launch", "--cfg", CONFIG, *launch_words(tmp_path, data_root), "aggregator.rule",
-                              "krum"), tmp_path)
-    code, _ = launch.finish()
+def test_launch_refuses_too_few_results_per_round_at_start_up(tmp_path: Path, data_root: Path, capsys) -> None:
+    """The config's federate.min_received_num 2 lets a round aggregate 2 uploads: too few for Krum with f = 0.
+    `fedplug launch` in this process: the refusal comes before any process starts."""
+    code, _, err = cli_call(capsys, "launch", "--cfg", str(CONFIG), *map(str, launch_words(tmp_path, data_root)),
+                            "aggregator.rule", "krum")
     assert code == 2
-    assert launch.log.strip() == ("fedplug: error: aggregator.rule krum cannot aggregate a distributed round of "
-                                  "federate.min_received_num 2 uploads: Krum needs more than 2f + 2 = 2 uploads "
-                                  "(f = aggregator.byzantine_node_num 0)")
+    assert err == ("fedplug: error: aggregator.rule krum cannot aggregate a distributed round of "
+                   "federate.min_received_num 2 uploads: Krum needs more than 2f + 2 = 2 uploads "
+                   "(f = aggregator.byzantine_node_num 0)\n")

@@ -214,7 +214,7 @@ def test_distributed_server_tracks_and_writes_the_standalone_files(tmp_path: Pat
     uri, _ = mlflow_store
     expected = run(load_config(CONFIG, {"outdir": str(tmp_path / "standalone"), "data.root": str(data_root)}))
     words = ["outdir", str(tmp_path / "launched"), "data.root", str(data_root), "distribute.clients_per_process",
-             "4", "tracking.tensorboard", "True", "tracking.mlflow", "True", "tracking.mlflow_uri", uri,
+             "8", "tracking.tensorboard", "True", "tracking.mlflow", "True", "tracking.mlflow_uri", uri,
              "tracking.experiment", "distributed"]
     launch = Proc(fedplug_cmd("launch", "--cfg", CONFIG, *words), tmp_path)
     code, result = launch.finish()

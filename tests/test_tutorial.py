@@ -25,21 +25,33 @@ def run_cli(tmp_path: Path, data_root: Path, *args: str) -> tuple[dict, str]:
     return {k: v for k, v in result.items() if k not in ("run_dir", "method")}, proc.stderr
 
 
-def fedplug(tmp_path: Path, data_root: Path, *args: str) -> dict:
-    return run_cli(tmp_path, data_root, *args)[0]
-
-
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory: pytest.TempPathFactory, data_root: Path):
-    """`small_run(*args)`: `fedplug(...)`, each distinct run once per module (plain FedAvg serves several tests)."""
+    """`small_run(*args)`: run_cli's final line, from the same run made in this process (no PyTorch import per run;
+    the vectorized test below keeps a CLI process), each distinct run once per module (plain FedAvg serves several
+    tests). The plug-in files it loads are taken back afterwards, as their own process would have left no trace."""
+    from fedplug.algorithms import registry
+    from fedplug.config import load_config
+    from fedplug.config.schema import ROOT as SCHEMA
+    from fedplug.run.simulation import run
+
     folder, done = tmp_path_factory.mktemp("tutorial-runs"), {}
+    sections, files = set(SCHEMA.entries), set(registry._loaded_files)
 
     def get(*args: str) -> dict:
         if args not in done:
-            done[args] = fedplug(folder, data_root, *args)
+            words = [*SMALL_ARGS, f"data.root={data_root}", f"outdir={folder}", *args]
+            result = run(load_config(ROOT / "configs" / "fedavg_lr_on_synthetic.yaml", words))
+            done[args] = {k: v for k, v in json.loads(json.dumps(result)).items() if k not in ("run_dir", "method")}
         return done[args]
 
-    return get
+    yield get
+    for name in set(SCHEMA.entries) - sections:
+        del SCHEMA.entries[name]
+        registry._registered.pop(name, None)
+    for path in registry._loaded_files - files:
+        registry._loaded_files.discard(path)
+        sys.modules.pop(path.stem, None)
 
 
 def test_out_of_tree_fedprox_equals_builtin(small_run) -> None:
@@ -99,7 +111,7 @@ def test_out_of_tree_scaffold_under_launch_equals_builtin_standalone(tmp_path: P
     expected = standalone("scaffold.use", True)
     assert expected != standalone()  # SCAFFOLD is not FedAvg on this config either
     launch = Proc(fedplug_cmd("launch", "--cfg", config, "outdir", tmp_path / "launched", "data.root", data_root,
-                              "distribute.clients_per_process", "4", "plugins", MY_SCAFFOLD, "my_scaffold.use", "True"),
+                              "distribute.clients_per_process", "8", "plugins", MY_SCAFFOLD, "my_scaffold.use", "True"),
                   tmp_path)
     code, result = launch.finish()
     assert code == 0, launch.log[-3000:]
