@@ -24,6 +24,7 @@ from fedplug.data.graph_rows import GraphBatch  # noqa: E402
 from fedplug.data.tu_graphs import find_folder, read_tu  # noqa: E402
 from fedplug.errors import ConfigError, DataError  # noqa: E402
 from fedplug.models import build_model, check_fits  # noqa: E402
+from fedplug.run import checkpoint  # noqa: E402
 from fedplug.run.plan import build_plan  # noqa: E402
 from fedplug.run.simulation import run  # noqa: E402
 
@@ -135,6 +136,19 @@ def test_a_run_trains_and_repeats_bit_for_bit(graph_cfg) -> None:
     first, second = run(graph_cfg()), run(graph_cfg())
     assert first["rounds_run"] == 2 and 0 <= first["test_acc"] <= 1
     assert first["test_acc"] == second["test_acc"] and first["val_loss"] == second["val_loss"]
+
+
+def test_resume_brings_back_each_clients_own_batchnorm(graph_cfg, rewind) -> None:
+    """FedBN's local layers are the checkpoint's per-client "kept" tensors (no model on the LR federation has
+    any): resumed after round 2 of 4, the run ends as the uninterrupted one; with every client handed the
+    initial BatchNorm instead, it would not."""
+    cfg = graph_cfg(federate__total_round_num=4, checkpoint__every=2)
+    whole = run(cfg)
+    run_dir = Path(whole["run_dir"])
+    kept = checkpoint.unflatten(checkpoint.load(run_dir / checkpoint.CHECKPOINT_FILE)[0], "clients/")
+    assert {"kept"} <= set(kept["0"]) and "convs.0.nn.norm.weight" in kept["0"]["kept"]
+    rewind(run_dir, 2)
+    assert run(cfg, run_dir, resume=True) == whole
 
 
 def test_missing_and_malformed_files_name_the_file(graph_cfg, graph_root: Path) -> None:

@@ -58,7 +58,7 @@ class RoundKeeper:
         self.client_records: list[dict[str, Any]] = []  # clients.jsonl's lines, one per record
         # Per-client state lives with the clients: these move it into and out of checkpoints.
         self.save_client_state: Callable[[int], dict[str, Any]] = lambda round_num: {}
-        self.load_client_state: Callable[[dict[str, Any], int], None] = lambda state, round_num: None
+        self.load_client_state: Callable[[dict[str, Any]], None] = lambda state: None
         self.metrics: MetricsLog | None = None
         self.clients: MetricsLog | None = None
         self.diverged: str | None = None  # what went NaN or infinite, and in which round; the run stops there
@@ -192,7 +192,7 @@ class RoundKeeper:
         for plugin in self.plan.plugins:
             plugin.load_server_state(to_device(checkpoint.unflatten(tensors, f"server/{plugin.name}/"), device))
         self.rounds_run = meta["round"]
-        self.load_client_state(checkpoint.unflatten(tensors, "clients/"), self.rounds_run)
+        self.load_client_state(checkpoint.unflatten(tensors, "clients/"))
         checkpoint.set_rng_state(checkpoint.unflatten(tensors, "rng/"), meta["rng"])
         self.records = meta["records"]
         for name, value in meta["early_stop"].items():
