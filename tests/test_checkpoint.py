@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -86,8 +87,52 @@ def test_resume_refuses_another_config(small_cfg, tmp_path: Path) -> None:
     result = run(cfg)
     (Path(result["run_dir"]) / "summary.json").unlink()  # as if killed after its last checkpoint
     other = small_cfg(**{"checkpoint.every": 2, "federate.total_round_num": 4, "train.optimizer.lr": 0.2})
-    with pytest.raises(UserError, match="train.optimizer.lr"):
+    with pytest.raises(UserError, match=f"cannot resume {re.escape(result['run_dir'])}: .*train.optimizer.lr"):
         run(other, Path(result["run_dir"]), resume=True)
+
+
+def test_resume_refuses_a_checkpoint_that_lacks_a_parameter(small_cfg) -> None:
+    """A whole, well-formed checkpoint (written by another version of a model, say) without one of the model's
+    parameters: refused naming it, never resumed with that parameter's fresh initial value."""
+    cfg = small_cfg(**{"checkpoint.every": 2, "federate.total_round_num": 4})
+    run_dir = Path(run(cfg)["run_dir"])
+    (run_dir / "summary.json").unlink()
+    path = run_dir / checkpoint.CHECKPOINT_FILE
+    tensors, meta = checkpoint.load(path)
+    del tensors["global/fc.bias"]
+    checkpoint.save(path, tensors, meta)
+    with pytest.raises(UserError, match=r"lacks parameters \['fc.bias'\]"):
+        run(cfg, run_dir, resume=True)
+
+
+def test_resume_puts_back_the_process_wide_generators(small_cfg, rewind, monkeypatch) -> None:
+    """fedplug's own draws need no saved state, but a user's plug-in may draw from PyTorch's or NumPy's global
+    generator: resumed from round 2's checkpoint, both are as they were when it was written."""
+    import numpy as np
+    import torch
+
+    from fedplug.run.rounds import RoundKeeper
+
+    written, restored = {}, {}
+    save, restore = RoundKeeper.save, RoundKeeper._restore
+
+    def save_and_note(keeper: RoundKeeper, round_num: int) -> None:
+        written[round_num] = torch.get_rng_state(), np.random.get_state()[1].copy()
+        save(keeper, round_num)
+
+    def restore_and_note(keeper: RoundKeeper) -> None:
+        restore(keeper)
+        restored["state"] = torch.get_rng_state(), np.random.get_state()[1].copy()
+
+    monkeypatch.setattr(RoundKeeper, "save", save_and_note)
+    monkeypatch.setattr(RoundKeeper, "_restore", restore_and_note)
+    cfg = small_cfg(**{"checkpoint.every": 2, "federate.total_round_num": 4})
+    run_dir = Path(run(cfg)["run_dir"])
+    rewind(run_dir, 2)
+    torch.manual_seed(987), np.random.seed(987)  # elsewhere since: the resume must put them back
+    assert not torch.equal(torch.get_rng_state(), written[2][0])
+    run(cfg, run_dir, resume=True)
+    assert torch.equal(restored["state"][0], written[2][0]) and np.array_equal(restored["state"][1], written[2][1])
 
 
 def test_checkpoint_file_round_trips_and_has_no_pickle(tmp_path: Path) -> None:

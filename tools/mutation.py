@@ -39,7 +39,9 @@ CAMPAIGN: dict[str, list[str]] = {
     "fedplug/run/rounds.py": ["tests/test_resume_early_stop.py", "tests/test_round_schedule.py",
                               "tests/test_distributed_min_received.py",
                               "tests/test_checkpoint.py::test_resuming_from_the_last_checkpoint_repeats_the_end_exactly",
-                              "tests/test_checkpoint.py::test_resume_refuses_another_config",
+                              *(f"tests/test_checkpoint.py::test_{name}" for name in (
+                                  "resume_refuses_another_config", "resume_refuses_a_checkpoint_that_lacks_a_parameter",
+                                  "resume_puts_back_the_process_wide_generators")),
                               "tests/test_graph.py::test_resume_brings_back_each_clients_own_batchnorm",
                               # the checkpoint's checks, per-client state and clients.jsonl on resume
                               *(f"tests/test_integrity.py::test_{name}" for name in (
