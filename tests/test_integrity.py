@@ -86,7 +86,7 @@ def test_resume_of_a_finished_run_says_so_and_changes_nothing(small_cfg, capsys)
     result, run_dir = _finished_run(small_cfg)
     before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
     code, out, err = _resume_cli(run_dir, capsys)
-    assert code == 0 and "is a finished run" in err and "nothing changed" in err
+    assert code == 0 and f"{run_dir} is a finished run (4 rounds, summary.json)" in err and "nothing changed" in err
     assert json.loads(out.splitlines()[-1]) == result
     assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
 
