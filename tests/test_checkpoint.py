@@ -129,7 +129,8 @@ def test_resume_puts_back_the_process_wide_generators(small_cfg, rewind, monkeyp
     cfg = small_cfg(**{"checkpoint.every": 2, "federate.total_round_num": 4})
     run_dir = Path(run(cfg)["run_dir"])
     rewind(run_dir, 2)
-    torch.manual_seed(987), np.random.seed(987)  # elsewhere since: the resume must put them back
+    torch.manual_seed(987)  # both moved on since: the resume must put them back
+    np.random.seed(987)
     assert not torch.equal(torch.get_rng_state(), written[2][0])
     run(cfg, run_dir, resume=True)
     assert torch.equal(restored["state"][0], written[2][0]) and np.array_equal(restored["state"][1], written[2][1])
