@@ -12,7 +12,8 @@ import logging
 import sys
 from pathlib import Path
 
-from fedplug.cli import _parser, resume_dir
+from fedplug.cli import resume_dir
+from fedplug.cli_tools import _parser
 from fedplug.errors import UserError
 
 
