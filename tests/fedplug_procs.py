@@ -25,9 +25,9 @@ PATIENT_WORDS = [str(word) for pair in PATIENT.items() for word in pair]
 # The servers' ports: each pytest-xdist worker takes its own slice of 20000-31999, below Linux's ephemeral ports
 # (32768-60999), so two workers never pick the same port and no outgoing connection can take a port between the
 # moment it is picked and the moment a server binds it. The random start keeps apart two suites run at once.
-PORTS_PER_WORKER = 1000
-_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-_FIRST_PORT = 20000 + PORTS_PER_WORKER * (int(_WORKER[2:]) % 12 if _WORKER[2:].isdigit() else 0)
+PORTS_PER_WORKER, SLICES = 1000, 12  # 20000 + 12 x 1000 = 32000
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw0")  # gw0, gw1...; unset without workers
+_FIRST_PORT = 20000 + PORTS_PER_WORKER * (int(_WORKER[2:]) % SLICES if _WORKER[2:].isdigit() else 0)
 _START = secrets.randbelow(PORTS_PER_WORKER)
 _PORTS = (_FIRST_PORT + (_START + k) % PORTS_PER_WORKER for k in itertools.count())
 
