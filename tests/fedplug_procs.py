@@ -1,8 +1,10 @@
 """Helpers for tests that start real fedplug processes (servers, clients, launch) on 127.0.0.1."""
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -14,12 +16,32 @@ from typing import IO
 ROOT = Path(__file__).resolve().parents[1]
 SILENT_TIMEOUT = 240  # a process silent this long is stuck: fail instead of hanging the suite
 
+# Deadlines for the runs whose subject is not a deadline: at least 5x what they need on a loaded 2-core machine
+# (a process start, PyTorch import included, took up to 20 s of wall time there; a round a few s), so their
+# outcome does not depend on the load of `make test`'s two workers. A run that goes well waits for none of them.
+PATIENT = {"distribute.join_timeout": 200.0, "distribute.round_timeout": 150.0}
+PATIENT_WORDS = [str(word) for pair in PATIENT.items() for word in pair]
+
+# The servers' ports: each pytest-xdist worker takes its own slice of 20000-31999, below Linux's ephemeral ports
+# (32768-60999), so two workers never pick the same port and no outgoing connection can take a port between the
+# moment it is picked and the moment a server binds it. The random start keeps apart two suites run at once.
+PORTS_PER_WORKER, SLICES = 1000, 12  # 20000 + 12 x 1000 = 32000
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw0")  # gw0, gw1...; unset without workers
+_FIRST_PORT = 20000 + PORTS_PER_WORKER * (int(_WORKER[2:]) % SLICES if _WORKER[2:].isdigit() else 0)
+_START = secrets.randbelow(PORTS_PER_WORKER)
+_PORTS = (_FIRST_PORT + (_START + k) % PORTS_PER_WORKER for k in itertools.count())
+
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing uses right now, in this worker's slice and not handed out lately."""
+    for port in itertools.islice(_PORTS, PORTS_PER_WORKER):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:  # in use, or a connection of it still in TIME_WAIT
+                continue
+            return port
+    raise RuntimeError(f"no free port in {_FIRST_PORT}-{_FIRST_PORT + PORTS_PER_WORKER - 1}")
 
 
 def fedplug_cmd(*args: str) -> list[str]:

@@ -26,7 +26,7 @@ from fedplug.distributed.protocol import (PROTOCOL_VERSION, SERVICE, TOKEN_HEADE
                                           encode_tensors, layout, pb)
 from fedplug.run.fingerprint import fingerprint
 from fedplug.run.plan import build_plan
-from fedplug_procs import Proc, env, fedplug_cmd, free_port
+from fedplug_procs import PATIENT, Proc, env, fedplug_cmd, free_port
 
 TOKEN = "contract-token-for-tests"
 
@@ -34,7 +34,7 @@ TOKEN = "contract-token-for-tests"
 def distributed_cfg(small_cfg, **extra):
     return small_cfg(**{"data.synthetic.num_clients": 2, "federate.sample_client_rate": 1.0, "threads": 1,
                         "federate.total_round_num": 1, "federate.mode": "distributed",
-                        "distribute.server_port": free_port(), "checkpoint.every": 0, **extra})
+                        "distribute.server_port": free_port(), "checkpoint.every": 0, **PATIENT, **extra})
 
 
 # -- a client running another version of a user plug-in file ---------------------------------------------

@@ -12,7 +12,7 @@ import pytest
 
 from fedplug.config import load_config
 from fedplug.run.simulation import run
-from fedplug_procs import ROOT, Proc, fedplug_cmd, without_run_dir
+from fedplug_procs import PATIENT_WORDS, ROOT, Proc, fedplug_cmd, free_port, without_run_dir
 
 CONFIG = ROOT / "configs" / "distributed_lr_on_synthetic.yaml"
 COMBO = ["fedprox.use", "True", "fedprox.mu", "0.1", "fedopt.use", "True", "fedopt.optimizer.type", "Adam",
@@ -34,7 +34,8 @@ def launch_words(tmp_path: Path, data_root: Path, per_process: int = 8) -> list[
     # Every client id in one process unless a test is about several: each process imports PyTorch (the suite's
     # largest cost); the two tests here that check the prefixed logs and the children ask for 4 each.
     return ["outdir", str(tmp_path / "launched"), "data.root", str(data_root),
-            "distribute.clients_per_process", str(per_process)]
+            "distribute.clients_per_process", str(per_process), "distribute.server_port", str(free_port()),
+            *PATIENT_WORDS]
 
 
 def test_launch_prints_the_standalone_result(tmp_path: Path, data_root: Path) -> None:

@@ -12,6 +12,9 @@ from fedplug.errors import UserError
 from fedplug_procs import Proc, fedplug_cmd, free_port
 
 TOKEN = "start-token"
+# Both tests wait out a join_timeout of a few seconds that they are about (a larger one would be as much slower):
+# run alone, after the parallel part of `make test` (docs/testing.md).
+pytestmark = pytest.mark.serial
 
 
 def write_config(tmp_path: Path, small_cfg, **extra) -> tuple[Path, object]:

@@ -19,7 +19,7 @@ from fedplug import cli
 from fedplug.config import load_config
 from fedplug.run import tracking
 from fedplug.run.simulation import run
-from fedplug_procs import ROOT, Proc, fedplug_cmd, without_run_dir
+from fedplug_procs import PATIENT_WORDS, ROOT, Proc, fedplug_cmd, free_port, without_run_dir
 
 needs_tensorboard = pytest.mark.skipif(not tracking._installed("tensorboard"),
                                        reason="pip install 'fedplug[tensorboard]'")
@@ -215,7 +215,7 @@ def test_distributed_server_tracks_and_writes_the_standalone_files(tmp_path: Pat
     expected = run(load_config(CONFIG, {"outdir": str(tmp_path / "standalone"), "data.root": str(data_root)}))
     words = ["outdir", str(tmp_path / "launched"), "data.root", str(data_root), "distribute.clients_per_process",
              "8", "tracking.tensorboard", "True", "tracking.mlflow", "True", "tracking.mlflow_uri", uri,
-             "tracking.experiment", "distributed"]
+             "tracking.experiment", "distributed", "distribute.server_port", str(free_port()), *PATIENT_WORDS]
     launch = Proc(fedplug_cmd("launch", "--cfg", CONFIG, *words), tmp_path)
     code, result = launch.finish()
     assert code == 0, launch.log[-3000:]

@@ -98,7 +98,7 @@ def test_out_of_tree_scaffold_under_launch_equals_builtin_standalone(tmp_path: P
     the clients: the launched line is the built-in's standalone line (apart from run_dir and method)."""
     from fedplug.config import load_config
     from fedplug.run.simulation import run
-    from fedplug_procs import Proc, fedplug_cmd
+    from fedplug_procs import PATIENT_WORDS, Proc, fedplug_cmd
 
     config = ROOT / "configs" / "distributed_lr_on_synthetic.yaml"
 
@@ -111,7 +111,8 @@ def test_out_of_tree_scaffold_under_launch_equals_builtin_standalone(tmp_path: P
     expected = standalone("scaffold.use", True)
     assert expected != standalone()  # SCAFFOLD is not FedAvg on this config either
     launch = Proc(fedplug_cmd("launch", "--cfg", config, "outdir", tmp_path / "launched", "data.root", data_root,
-                              "distribute.clients_per_process", "8", "plugins", MY_SCAFFOLD, "my_scaffold.use", "True"),
+                              "distribute.clients_per_process", "8", "plugins", MY_SCAFFOLD, "my_scaffold.use", "True",
+                              *PATIENT_WORDS),  # the config's port 0 kept: launch picks a free port itself
                   tmp_path)
     code, result = launch.finish()
     assert code == 0, launch.log[-3000:]

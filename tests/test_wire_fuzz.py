@@ -26,7 +26,7 @@ from fedplug.config import dump_config, load_config
 from fedplug.distributed.client import ClientProcess
 from fedplug.distributed.protocol import PROTOCOL_VERSION, SERVICE, TOKEN_HEADER, Kind, encode_tensors, pb
 from fedplug.run.simulation import run
-from fedplug_procs import Proc, fedplug_cmd, free_port, without_run_dir
+from fedplug_procs import PATIENT, Proc, fedplug_cmd, free_port, without_run_dir
 
 TOKEN = "fuzz-token"
 SEED = 0
@@ -248,7 +248,7 @@ def test_fuzzed_server_refuses_every_bad_message_and_finishes_its_run_unchanged(
     cfg = small_cfg(**{"data.synthetic.num_clients": 4, "federate.sample_client_rate": 1.0, "threads": 1,
                        "federate.total_round_num": 4, "eval.freq": 2, "checkpoint.every": 0,
                        "federate.mode": "distributed", "distribute.server_port": free_port(),
-                       "distribute.max_message_mb": LIMIT_MB})
+                       "distribute.max_message_mb": LIMIT_MB, **PATIENT})
     path = tmp_path / "cfg.yaml"
     path.write_text(dump_config(cfg))
     cfg = load_config(path)
