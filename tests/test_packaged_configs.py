@@ -81,7 +81,7 @@ def test_cli_takes_a_name_from_outside_the_repository(tmp_path: Path) -> None:
                            "cpu/fedavg_lstm_on_shakespeare"], capture_output=True, text=True, cwd=tmp_path,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr
-    assert re.search(r"federate\.total_round_num\s+int\s+15\s", proc.stdout)  # the CPU scale's (reference: 1000)
+    assert re.search(r"federate\.total_round_num\s+int\s+80\s", proc.stdout)  # the CPU scale's (reference: 1000)
     bad = subprocess.run([sys.executable, "-m", "fedplug", "--cfg", "fedavg_lr_on_synthtic"], capture_output=True,
                          text=True, cwd=tmp_path)
     assert bad.returncode == 2 and "Did you mean 'fedavg_lr_on_synthetic'" in bad.stderr
