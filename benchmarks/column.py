@@ -7,6 +7,7 @@
     python benchmarks/column.py shakespeare_cpu --jobs 2  # the LSTM on Shakespeare, CPU scale
     python benchmarks/column.py femnist --set data.femnist.url=DIR   # reference protocols (a bigger machine)
     python benchmarks/column.py shakespeare_cpu --collect RUN_DIR ...  # table from finished run folders
+    python benchmarks/column.py synthetic --seeds 5 --collect RUN_DIR ...  # the same over seeds; rows lacking a seed left out
 
 Runs `fedplug --cfg <config>` for each algorithm (`--jobs` at a time, one PyTorch thread each when
 more than one) and writes benchmarks/results/<column>_column.md (table) and <column>_column.png
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -53,21 +55,35 @@ COLUMNS = {
 
 
 def run_config(cfg: Path, outdir: Path, overrides: list[str]) -> dict:
+    """One run; `seconds` is its wall time, `cpu_seconds` the CPU time its process used (user + system).
+
+    With one PyTorch thread, CPU time is about what the run takes alone on an idle core. Other jobs inflate it
+    less than wall time (only through shared caches and hyperthreads), so under load it is an upper bound."""
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "fedplug", "--cfg", str(cfg), f"outdir={outdir}", *overrides],
-                          capture_output=True, text=True, cwd=ROOT)
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "fedplug", "--cfg", str(cfg), f"outdir={outdir}", *overrides],
+                                stdout=out, stderr=err, text=True, cwd=ROOT)
+        _, status, usage = os.wait4(proc.pid, 0)  # waits like proc.wait(), and says what the child used
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0), err.seek(0)
+        stdout, stderr = out.read(), err.read()
     if proc.returncode != 0:
-        raise RuntimeError(f"{cfg.name} failed:\n{proc.stderr[-3000:]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"{cfg.name} failed:\n{stderr[-3000:]}")
+    result = json.loads(stdout.strip().splitlines()[-1])
     metrics = [json.loads(line) for line in (Path(result["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
-    return {**result, "seconds": time.perf_counter() - started, "curve": [(m["round"], m["test_acc"]) for m in metrics]}
+    return {**result, "seconds": time.perf_counter() - started, "cpu_seconds": usage.ru_utime + usage.ru_stime,
+            "curve": [(m["round"], m["test_acc"]) for m in metrics]}
 
 
 def read_run(run_dir: Path) -> dict:
     """A finished run folder as `run_config` reports it (seconds: the run's own, from summary.json)."""
+    import yaml
+
     summary = json.loads((run_dir / "summary.json").read_text())
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {**summary, "curve": [(m["round"], m["test_acc"]) for m in metrics], "key": run_key(run_dir, summary)}
+    seed = yaml.safe_load((run_dir / "config.yaml").read_text())["seed"]
+    return {**summary, "curve": [(m["round"], m["test_acc"]) for m in metrics], "key": run_key(run_dir, summary),
+            "seed": seed}
 
 
 def run_key(run_dir: Path, summary: dict) -> str:
@@ -100,8 +116,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, metavar="K",
                         help="run each config with seeds 0..K-1 and report mean +- std (a table of its own)")
     args = parser.parse_args()
-    if args.seeds is not None and (args.seeds < 1 or args.collect):
-        parser.error("--seeds takes K >= 1 and runs the configs (not with --collect)")
+    if args.seeds is not None and args.seeds < 1:
+        parser.error("--seeds takes K >= 1")
     pattern, published_key, comparable, algorithms, title = COLUMNS[args.column]
     algorithms = [a for a in algorithms if not args.only or a in args.only]
     overrides = args.set + (["threads=1"] if args.jobs > 1 else [])
@@ -131,16 +147,24 @@ def run_seeds(args: argparse.Namespace, pattern: str, title: str, published_key:
     from column_seeds import write_seeds_table
 
     seeds = list(range(args.seeds))
-    with tempfile.TemporaryDirectory(prefix="fedplug-column-") as outdir, ThreadPoolExecutor(args.jobs) as pool:
-        futures = {(key, seed): pool.submit(run_config, ROOT / pattern.format(a), Path(outdir),
-                                            overrides + extra + [f"seed={seed}"])
-                   for key, a, extra in jobs for seed in seeds}
-        results = {key: [futures[key, seed].result() for seed in seeds] for key, _, _ in jobs}
+    missing = []
+    if args.collect:  # finished run folders: a row needs every seed's run
+        runs = {(r["key"], r["seed"]): r for r in map(read_run, args.collect)}
+        results = {key: [runs[key, seed] for seed in seeds] for key, _, _ in jobs
+                   if all((key, seed) in runs for seed in seeds)}
+        missing = [f"{key} ({sum((key, seed) in runs for seed in seeds)} of {len(seeds)} seeds)"
+                   for key, _, _ in jobs if key not in results]
+    else:
+        with tempfile.TemporaryDirectory(prefix="fedplug-column-") as outdir, ThreadPoolExecutor(args.jobs) as pool:
+            futures = {(key, seed): pool.submit(run_config, ROOT / pattern.format(a), Path(outdir),
+                                                overrides + extra + [f"seed={seed}"])
+                       for key, a, extra in jobs for seed in seeds}
+            results = {key: [futures[key, seed].result() for seed in seeds] for key, _, _ in jobs}
     command = f"python benchmarks/column.py {args.column} --seeds {args.seeds}" + \
         (f" --jobs {args.jobs}" if args.jobs > 1 else "") + (f" --only {' '.join(args.only)}" if args.only else "") + \
-        (f" --set {' '.join(args.set)}" if args.set else "")
+        (f" --set {' '.join(args.set)}" if args.set else "") + (" --collect RUN_DIR ..." if args.collect else "")
     tables = json.loads((ROOT / "benchmarks" / "published.json").read_text())
-    path = write_seeds_table(args.column, title, command, seeds, tables, published_key, results)
+    path = write_seeds_table(args.column, title, command, seeds, tables, published_key, results, missing)
     print(f"wrote {path.relative_to(ROOT)}")
 
 
@@ -159,7 +183,8 @@ def write_table(args: argparse.Namespace, pattern: str, comparable: bool, title:
             cells += ["–" if own is None else f"{own:.2f}", "–" if theirs is None else f"{ours - theirs:+.2f}",
                       "–" if target is None else ("yes" if close else "NO") + (f" (of {target:.2f}: {bar})"
                                                                                   if algo in OWN_RUN_BAR else "")]
-        cells += [f"{r['test_loss']:.4f}", str(r["best_round"]), str(r["rounds_run"]), f"{r['seconds']:.0f}"]
+        cpu = f"{r['cpu_seconds']:.0f}" if "cpu_seconds" in r else "–"  # not in a collected run folder
+        cells += [f"{r['test_loss']:.4f}", str(r["best_round"]), str(r["rounds_run"]), f"{r['seconds']:.0f}", cpu]
         rows.append("| " + " | ".join(cells) + " |")
         print(json.dumps({"column": args.column, "algorithm": key, "test_acc": r["test_acc"],
                           "published": None if theirs is None else theirs / 100, "best_round": r["best_round"],
@@ -171,7 +196,7 @@ def write_table(args: argparse.Namespace, pattern: str, comparable: bool, title:
     published_head = "published" if comparable else f"published ({PUBLISHED_NAMES[published_key]}, context)"
     head = ["algorithm", "ours", published_head]
     head += ["FederatedScope's code, run here", "difference", f"within {TOLERANCE}"] if comparable else []
-    head += ["test loss", "best round", "rounds run", "seconds"]
+    head += ["test loss", "best round", "rounds run", "seconds", "CPU seconds"]
     note = ("" if comparable else "\n**Not comparable to the published column**: a reduced protocol (every reduction is "
             "marked REDUCED in the configs)" + (" on a stand-in data set (MNIST digits, 10 classes), not FEMNIST"
                                                  if "standin" in args.column else "") +
@@ -185,7 +210,8 @@ def write_table(args: argparse.Namespace, pattern: str, comparable: bool, title:
         command = f"python benchmarks/column.py {args.column}" + (f" --jobs {args.jobs}" if args.jobs > 1 else "") + \
             (f" --only {' '.join(args.only)}" if args.only else "")
         how = (f"Generated by `{command}` ({time.strftime('%Y-%m-%d')}, 2 cores, no GPU; seconds are wall time of "
-               f"each run, {args.jobs} run(s) at a time); configs `{pattern.format('<algo>')}`.")
+               f"each run, {args.jobs} run(s) at a time; CPU seconds are the CPU time of its process, about what a "
+               f"one-thread run takes alone on an idle core, more on a loaded machine); configs `{pattern.format('<algo>')}`.")
     pictures = [picture]
     if args.only:
         previous = [line for line in path.read_text().splitlines() if line.startswith("Other rows:")] or \

@@ -30,8 +30,9 @@ def mean_curve(runs: list[dict]) -> tuple[list, list]:
 
 
 def write_seeds_table(column: str, title: str, command: str, seeds: list[int], tables: dict, published_key: str,
-                      results: dict[str, list[dict]]) -> Path:
-    """The table of mean +- std per algorithm, each run's figure beside it, against the published one."""
+                      results: dict[str, list[dict]], missing: list[str] = ()) -> Path:
+    """The table of mean +- std per algorithm, each run's figure beside it, against the published one;
+    `missing`: the rows left out because some seed's run is not there (`--collect`)."""
     published, own_runs = tables[published_key], tables["federatedscope_here"].get(published_key, {})
     rows = []
     for key, runs in results.items():
@@ -66,6 +67,7 @@ def write_seeds_table(column: str, title: str, command: str, seeds: list[int], t
         "|" + "---|" * len(head),
         *rows,
         "",
+        *([f"Not yet run over every seed, so left out: {', '.join(missing)}.", ""] if missing else []),
         f"![mean learning curves]({column}_column_seeds.png)",
         "",
     ]))
