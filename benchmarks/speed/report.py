@@ -64,9 +64,12 @@ def write_markdown() -> None:
                           else "-", f"{v['max_diff']:.1e}") for k, v in lr["runs"].items()])
         lines += ["Min of turns: each round's fastest turn, averaged over the rounds (other jobs on a shared "
                   "machine only add time).", "",
-                  "Goal (issue 15): fedplug sequential at most 1.15x the plain loop; not met (1.21-1.36x on the idle "
-                  "machine, 2026-12-01 09:01-09:03 UTC). Before/after figures of each pass and what remains: "
-                  "benchmarks/README.md, \"Per-hook overhead of the sequential backend\".", ""]
+                  "Goal (issue 15): fedplug sequential at most 1.15x the plain loop; not met. Wall clock on the idle "
+                  "machine before the fused batch loop: 1.21-1.36x (2026-12-01 09:01-09:03 UTC); with it, by the "
+                  "thread's CPU time at load 6 (`bench_before_after.py --before main --rounds 20 --turns 8 --cpu`, "
+                  "14:08 UTC): 1.29x before, 1.21x after. Under load the wall-clock table above moves by more than "
+                  "that between runs. Before/after figures of each pass and what remains: benchmarks/README.md, "
+                  "\"Per-hook overhead of the sequential backend\".", ""]
     for name, title in (("convnet2_standin", "ConvNet2 on the handwriting stand-in (MNIST, never FEMNIST)"),
                         ("lstm_shakespeare", "CharLSTM on Shakespeare")):
         res = _load(name)

@@ -19,6 +19,7 @@ from fedplug.config import ConfigNode
 from fedplug.core.context import Context
 from fedplug.core.dropout import SeededDropout
 from fedplug.core.default_hooks import default_eval_hooks, default_train_hooks
+from fedplug.core.fused import fusable, train_batches
 from fedplug.core.hooks import HookFn, HookTable
 from fedplug.errors import DataError
 
@@ -91,6 +92,8 @@ class Trainer:
         ctx.run_forward = run_forward
         # A batch's four trigger points run back to back: one loop over their hooks in that order.
         batch_hooks = batch_start + forward + backward + batch_end
+        # Only the default train hooks at the batch points: their fused loop (fedplug/core/fused.py), same arithmetic.
+        fused = fusable(batch_start, forward, backward, batch_end)
         variables, end_scope = ctx.__dict__, ctx.end_scope  # the indices are plain values: no __setattr__ needed
         for hook in fit_start:
             hook(ctx)
@@ -99,11 +102,14 @@ class Trainer:
             for hook in epoch_start:
                 hook(ctx)
             batches = ctx.num_batch_last_epoch if epoch_i == ctx.num_epoch - 1 else ctx.num_batch
-            for batch_i in range(batches):
-                variables["cur_batch_i"] = batch_i
-                for hook in batch_hooks:
-                    hook(ctx)
-                end_scope("batch")
+            if fused:
+                train_batches(ctx, batches)
+            else:
+                for batch_i in range(batches):
+                    variables["cur_batch_i"] = batch_i
+                    for hook in batch_hooks:
+                        hook(ctx)
+                    end_scope("batch")
             for hook in epoch_end:
                 hook(ctx)
             end_scope("epoch")
