@@ -35,6 +35,7 @@ def small_run(tmp_path_factory: pytest.TempPathFactory, data_root: Path):
     from fedplug.config.schema import ROOT as SCHEMA
     from fedplug.run.simulation import run
 
+    load_config(None)  # registers the built-in sections first: run first in a process, the clean-up would drop them
     folder, done = tmp_path_factory.mktemp("tutorial-runs"), {}
     sections, files = set(SCHEMA.entries), set(registry._loaded_files)
 
