@@ -125,10 +125,11 @@ def main() -> None:
     jobs = [(a + (FS_SUFFIX if a in variants else ""), a, []) for a in algorithms]
     jobs += [(a + PAPER_SUFFIX, a, [variants[a]]) for a in algorithms if a in variants]
     if args.seeds is not None:
-        run_seeds(args, pattern, title, published_key, jobs, overrides)
+        run_seeds(args, pattern, title, published_key, jobs, overrides, variants)
         return
     if args.collect:
-        runs = {r["key"]: r for r in map(read_run, args.collect)}
+        # the semantics mark the row only where the column has both rows (`variants`)
+        runs = {r["key"] if variants else r["method"].lower(): r for r in map(read_run, args.collect)}
         results = {key: runs[key] for key, _, _ in jobs if key in runs}
     else:
         with tempfile.TemporaryDirectory(prefix="fedplug-column-") as outdir, ThreadPoolExecutor(args.jobs) as pool:
@@ -142,14 +143,14 @@ def main() -> None:
 
 
 def run_seeds(args: argparse.Namespace, pattern: str, title: str, published_key: str, jobs: list,
-              overrides: list[str]) -> None:
+              overrides: list[str], variants: dict[str, str]) -> None:
     """Every job once per seed, then the mean +- std table (column_seeds.py)."""
     from column_seeds import write_seeds_table
 
     seeds = list(range(args.seeds))
     missing = []
     if args.collect:  # finished run folders: a row needs every seed's run
-        runs = {(r["key"], r["seed"]): r for r in map(read_run, args.collect)}
+        runs = {(r["key"] if variants else r["method"].lower(), r["seed"]): r for r in map(read_run, args.collect)}
         results = {key: [runs[key, seed] for seed in seeds] for key, _, _ in jobs
                    if all((key, seed) in runs for seed in seeds)}
         missing = [f"{key} ({sum((key, seed) in runs for seed in seeds)} of {len(seeds)} seeds)"
