@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fedplug.backends.sequential import SequentialBackend
-from fedplug.core import fused, trainer as trainer_module
+from fedplug.core import default_hooks, fused, trainer as trainer_module
 from fedplug.core.context import Context, CtxVar
 from fedplug.core.hooks import HookTable
 from fedplug.core.messages import RoundFacts
@@ -119,10 +119,11 @@ def test_gradient_transforms_and_clip_in_the_fused_loop(small_cfg, fused_calls) 
 
 def test_batches_moved_to_the_device_in_the_fused_loop(small_cfg, fused_calls, monkeypatch) -> None:
     # On CPU `cpu:0` differs from the data's `cpu`: the move runs (a copy-free `.to`), the code path of pinned data.
+    # Both paths gather through default_hooks.gather: x and y moved per batch, in the fused run and the hooks' run.
     moves: list[int] = []
-    monkeypatch.setattr(fused, "on_device", lambda t, d: moves.append(1) or t.to(d))
+    monkeypatch.setattr(default_hooks, "on_device", lambda t, d: moves.append(1) or t.to(d))
     runs = train_both(small_cfg(dataloader__batch_size=4), device=torch.device("cpu", 0))
-    assert fused_calls and len(moves) == 2 * sum(fused_calls)
+    assert fused_calls and len(moves) == 2 * 2 * sum(fused_calls)
     assert_same(runs)
 
 

@@ -55,6 +55,7 @@ CAMPAIGN: dict[str, list[str]] = {
     "fedplug/server/round.py": ["tests/test_pooling_exact.py", "tests/test_round_schedule.py",
                                 "tests/test_contract_weights.py", "tests/test_distributed_min_received.py"],
     "fedplug/server/sampling.py": ["tests/test_round_schedule.py"],
+    "fedplug/core/fused.py": ["tests/test_fused.py"],
     "fedplug/core/compose.py": ["tests/test_composition.py", "tests/test_plan.py", "tests/test_contract_weights.py",
                                 "tests/test_contract_server.py", COMBINATIONS],
     "fedplug/algorithms/fedprox.py": ["tests/test_distributed_optimization.py", COMBINATIONS],

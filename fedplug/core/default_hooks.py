@@ -46,13 +46,19 @@ def _hook_on_batch_start_gather(ctx: Context) -> None:
     size = ctx.batch_size_cfg
     start = ctx.cur_batch_i * size
     index = ctx.batch_order[start:start + size]
-    x_batch, y_batch = ctx.x[index], ctx.y[index]
-    device = ctx.get("device")
+    x_batch, y_batch = gather(ctx.x, ctx.y, index, ctx.get("device"))
+    # batch_index: the rows of ctx.x in this batch
+    ctx.set_scoped("batch", batch_index=index, x_batch=x_batch, y_batch=y_batch, batch_size=index.shape[0])
+
+
+def gather(x: torch.Tensor, y: torch.Tensor, index: torch.Tensor,
+           device: torch.device | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows `index` of (x, y), on `device` when they are not there (the gather hook's and the fused loop's)."""
+    x_batch, y_batch = x[index], y[index]
     # One check per batch, inline (the common case: data already on the model's device, nothing to move).
     if device is not None and (x_batch.device != device or y_batch.device != device):
         x_batch, y_batch = on_device(x_batch, device), on_device(y_batch, device)
-    # batch_index: the rows of ctx.x in this batch
-    ctx.set_scoped("batch", batch_index=index, x_batch=x_batch, y_batch=y_batch, batch_size=index.shape[0])
+    return x_batch, y_batch
 
 
 def on_device(batch: torch.Tensor | GraphBatch, device: torch.device | None) -> torch.Tensor | GraphBatch:
@@ -78,13 +84,18 @@ def _hook_on_batch_forward(ctx: Context) -> None:
 
 
 def _hook_on_batch_backward(ctx: Context) -> None:
-    ctx.optimizer.zero_grad()
-    ctx.loss_task.backward()
+    backward_step(ctx, ctx.optimizer, ctx.loss_task, ctx.cfg.grad.grad_clip)
+
+
+def backward_step(ctx: Context, optimizer: torch.optim.Optimizer, loss: torch.Tensor, clip: float) -> None:
+    """zero_grad, backward, the gradient point's transforms, clip, step (the backward hook's and the fused loop's)."""
+    optimizer.zero_grad()
+    loss.backward()
     if ctx.get("gradient_transforms"):
         apply_gradient_transforms(ctx)
-    if ctx.cfg.grad.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(ctx.model.parameters(), ctx.cfg.grad.grad_clip)
-    ctx.optimizer.step()
+    if clip > 0:
+        torch.nn.utils.clip_grad_norm_(ctx.model.parameters(), clip)
+    optimizer.step()
 
 
 def apply_gradient_transforms(ctx: Context) -> None:

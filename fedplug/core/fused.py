@@ -4,10 +4,9 @@
 batch-level trigger points (on_batch_start, on_batch_forward, on_batch_backward, on_batch_end)
 hold exactly the built-in train hooks, the same function objects as `default_hooks`, one each.
 Then nothing but those hooks could read or write the Context between batches, so this loop may
-keep the batch's values in local variables: it does the hooks' arithmetic in their order
-(gather, `ctx.model`, `ctx.criterion`, zero_grad, backward, the gradient point's transforms, clip,
-step, then the sample count and the loss sum in the same Python float arithmetic) and leaves the
-Context as the hooks leave it after an epoch's batches (`cur_batch_i` the last batch, the
+keep the batch's values in local variables: it does the hooks' arithmetic in their order (the
+hooks' own `gather` and `backward_step` around `ctx.model` and `ctx.criterion`, then the sample
+count and the loss sum in the same Python float arithmetic) and leaves the Context as the hooks leave it after an epoch's batches (`cur_batch_i` the last batch, the
 counters added to, the batch scope ended). Any other hook at one of those points, a plug-in's or
 a user's, and the hooks run as written. Epoch- and fit-level hooks always run as hooks.
 """
@@ -17,7 +16,7 @@ import torch
 
 from fedplug.core.context import Context
 from fedplug.core.default_hooks import (_hook_on_batch_backward, _hook_on_batch_end, _hook_on_batch_forward,
-                                        _hook_on_batch_start_gather, apply_gradient_transforms, on_device)
+                                        _hook_on_batch_start_gather, backward_step, gather)
 from fedplug.core.hooks import HookFn
 
 _DEFAULT_TRAIN_BATCH = (_hook_on_batch_start_gather, _hook_on_batch_forward, _hook_on_batch_backward,
@@ -40,25 +39,14 @@ def train_batches(ctx: Context, batches: int) -> None:
     """
     x, y, order, size = ctx.x, ctx.y, ctx.batch_order, ctx.batch_size_cfg
     model, criterion, optimizer = ctx.model, ctx.criterion, ctx.optimizer
-    device = ctx.get("device")
-    transforms = bool(ctx.get("gradient_transforms"))
-    clip = ctx.cfg.grad.grad_clip
-    parameters = model.parameters
+    device, clip = ctx.get("device"), ctx.cfg.grad.grad_clip
     losses, sizes = [], []
     for batch_i in range(batches):
         start = batch_i * size
         index = order[start:start + size]
-        x_batch, y_batch = x[index], y[index]
-        if device is not None and (x_batch.device != device or y_batch.device != device):
-            x_batch, y_batch = on_device(x_batch, device), on_device(y_batch, device)
+        x_batch, y_batch = gather(x, y, index, device)
         loss = criterion(model(x_batch), y_batch)
-        optimizer.zero_grad()
-        loss.backward()
-        if transforms:
-            apply_gradient_transforms(ctx)
-        if clip > 0:
-            torch.nn.utils.clip_grad_norm_(parameters(), clip)
-        optimizer.step()
+        backward_step(ctx, optimizer, loss, clip)
         losses.append(loss.detach())
         sizes.append(index.shape[0])
     # One read of the losses per epoch, not a `.item()` (a device sync) per batch; the same float32
