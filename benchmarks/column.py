@@ -81,20 +81,17 @@ def read_run(run_dir: Path) -> dict:
 
     summary = json.loads((run_dir / "summary.json").read_text())
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    seed = yaml.safe_load((run_dir / "config.yaml").read_text())["seed"]
-    return {**summary, "curve": [(m["round"], m["test_acc"]) for m in metrics], "key": run_key(run_dir, summary),
-            "seed": seed}
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    return {**summary, "curve": [(m["round"], m["test_acc"]) for m in metrics], "key": run_key(summary["method"], config),
+            "seed": config["seed"]}
 
 
-def run_key(run_dir: Path, summary: dict) -> str:
-    """The row a run folder fills: its algorithm, marked by its semantics where the column has both."""
-    import yaml
-
-    algo = summary["method"].lower()
+def run_key(method: str, config: dict) -> str:
+    """The row a run fills: its algorithm, marked by its config's semantics where the column has both."""
+    algo = method.lower()
     if algo not in PAPER_VARIANTS:
         return algo
-    semantics = yaml.safe_load((run_dir / "config.yaml").read_text())[algo]["semantics"]
-    return algo + (PAPER_SUFFIX if semantics == "paper" else FS_SUFFIX)
+    return algo + (PAPER_SUFFIX if config[algo]["semantics"] == "paper" else FS_SUFFIX)
 
 
 def kept_rows(path: Path, replaced: set[str]) -> list[str]:
