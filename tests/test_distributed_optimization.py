@@ -105,6 +105,25 @@ def test_fedopt_adaptive_by_hand(small_cfg, kind: str) -> None:
         torch.testing.assert_close(got.double(), x, rtol=1e-5, atol=1e-6)
 
 
+def test_fedopt_yogi_at_a_tie_keeps_v_and_the_moments_are_the_checkpoints_state(small_cfg) -> None:
+    """Yogi's sign(v - delta^2) is 0 where they are equal: v stays. The moments are what a checkpoint saves under
+    `server/fedopt/first_moment/...` and `.../second_moment/...`: these names are the checkpoint's format."""
+    lr, b1, b2, eps = 0.1, 0.9, 0.99, 0.5  # v starts at eps^2 = 0.25
+    plan = build_plan(small_cfg(fedopt__use=True, fedopt__optimizer__type="Yogi", fedopt__optimizer__lr=lr,
+                                fedopt__optimizer__betas=[b1, b2], fedopt__optimizer__eps=eps))
+    old = {"p": torch.tensor([0.0, 0.0, 0.0], dtype=torch.float64)}
+    new = plan.update_global(old, {"p": torch.tensor([0.5, 1.0, 0.1], dtype=torch.float64)},
+                             RoundFacts(1, 12, (0,), old))
+    # delta = (0.5, 1, 0.1), delta^2 = (0.25, 1, 0.01): v - delta^2 = (0, -0.75, 0.24) -> sign (0, -1, 1)
+    m = torch.tensor([0.05, 0.1, 0.01], dtype=torch.float64)
+    v = torch.tensor([0.25, 0.25 + 0.01 * 1.0, 0.25 - 0.01 * 0.01], dtype=torch.float64)
+    torch.testing.assert_close(new["p"], lr * m / (v.sqrt() + eps), rtol=0, atol=1e-15)
+    state = plan.plugins[0].server_state()
+    assert set(state) == {"first_moment", "second_moment"}
+    torch.testing.assert_close(state["first_moment"]["p"], m, rtol=0, atol=1e-15)
+    torch.testing.assert_close(state["second_moment"]["p"], v, rtol=0, atol=1e-15)
+
+
 def test_fedbn_keeps_matching_parameters_local(small_cfg) -> None:
     cfg = small_cfg(personalization__local_param=["bias"], federate__total_round_num=2)
     data, plan = build_data(cfg), build_plan(cfg)
@@ -119,3 +138,23 @@ def test_fedbn_keeps_matching_parameters_local(small_cfg) -> None:
     assert torch.equal(backend.model.fc.bias, bias_after_3)
     backend.download(7, start)  # a client never trained starts from the initial model
     assert torch.equal(backend.model.fc.bias, initial_bias)
+
+
+@pytest.mark.parametrize("keys, patterns", [
+    ({"fedbn.use": True}, ("bn", "norm")),
+    ({"fedbn.use": True, "personalization.local_param": ["bias", "bn"]}, ("bias", "bn", "norm")),
+    ({"federate.method": "FedBN"}, ("bn", "norm")),
+    ({"federate.method": "fedbn", "personalization.local_param": ["head"]}, ("head", "bn", "norm")),
+    ({"personalization.local_param": ["bias"]}, ("bias",)),  # local layers by name only: no norm patterns
+])
+def test_fedbn_local_patterns_and_the_plan_line(keys: dict, patterns: tuple) -> None:
+    from fedplug.config import load_config
+    from fedplug.run.plan import describe_plan
+
+    plan = build_plan(load_config(None, keys))
+    (fedbn,) = [p for p in plan.plugins if p.name == "fedbn"]
+    assert fedbn.patterns == patterns
+    names = ["conv.bn1.weight", "layer_norm.bias", "fc.bias", "head.weight", "fc.weight"]
+    assert fedbn.local_parameters(names) == {n for n in names if any(p in n for p in patterns)}
+    assert f"  local              parameters matching {list(patterns)} stay on each client [fedbn]" in \
+        describe_plan(plan).splitlines()

@@ -83,3 +83,10 @@ def test_plan_of_the_reference_config() -> None:
 
 def test_plan_of_fedprox_fedopt_ditto() -> None:
     assert plan("fedprox.use", "True", "fedopt.use", "True", "ditto.use", "True") == EXPECTED_FEDPROX_FEDOPT_DITTO
+
+
+def test_plan_names_fedopts_adaptive_server_optimizer_with_its_settings() -> None:
+    text = plan("fedopt.use", "True", "fedopt.optimizer.type", "Adam", "fedopt.optimizer.lr", "0.03",
+                "fedopt.optimizer.betas", "[0.8, 0.95]", "fedopt.optimizer.eps", "0.01")
+    assert ("  update             global <- Adam(lr 0.03, betas [0.8, 0.95], eps 0.01) step on delta = aggregate - global "
+            "[fedopt]") in text.splitlines()

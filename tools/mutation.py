@@ -33,6 +33,7 @@ WORK = ROOT / ".mutation"
 
 # The modules where a wrong line is a wrong result, each with the tests that check its numbers.
 COMBINATIONS = "tests/test_combinations.py::test_combination_round_one_equals_the_plugins_steps_by_hand"
+VECTORIZED = "tests/test_vectorized.py::test_vectorized_equals_sequential_after_each_round"
 CAMPAIGN: dict[str, list[str]] = {
     "fedplug/run/early_stop.py": ["tests/test_early_stop.py", "tests/test_resume_early_stop.py"],
     "fedplug/run/evaluation.py": ["tests/test_pooling_exact.py", "tests/test_round_schedule.py"],
@@ -51,25 +52,29 @@ CAMPAIGN: dict[str, list[str]] = {
                               "tests/test_scaffold.py::test_resume_restores_c_and_every_c_i",
                               "tests/test_plots.py::test_resume_cuts_clients_jsonl_back_to_the_checkpoint"],
     "fedplug/server/aggregation.py": ["tests/test_aggregation.py", "tests/test_pooling_exact.py",
-                                      "tests/test_round_schedule.py"],
+                                      "tests/test_round_schedule.py", "tests/test_contract_travel.py"],
     "fedplug/server/round.py": ["tests/test_pooling_exact.py", "tests/test_round_schedule.py",
-                                "tests/test_contract_weights.py", "tests/test_distributed_min_received.py"],
-    "fedplug/server/sampling.py": ["tests/test_round_schedule.py"],
+                                "tests/test_contract_weights.py", "tests/test_contract_travel.py",
+                                "tests/test_contract_refusals.py", "tests/test_distributed_min_received.py",
+                                "tests/test_robust_aggregators.py::test_extras_are_reduced_over_the_selected_clients"],
+    "fedplug/server/sampling.py": ["tests/test_round_schedule.py", "tests/test_sampling_counts.py"],
     "fedplug/core/fused.py": ["tests/test_fused.py"],
     "fedplug/core/compose.py": ["tests/test_composition.py", "tests/test_plan.py", "tests/test_contract_weights.py",
                                 "tests/test_contract_server.py", COMBINATIONS],
-    "fedplug/algorithms/fedprox.py": ["tests/test_distributed_optimization.py", COMBINATIONS],
-    "fedplug/algorithms/fedopt.py": ["tests/test_distributed_optimization.py", COMBINATIONS],
+    "fedplug/algorithms/fedprox.py": ["tests/test_distributed_optimization.py", COMBINATIONS, "tests/test_builtin_hooks.py",
+                                      VECTORIZED],
+    "fedplug/algorithms/fedopt.py": ["tests/test_distributed_optimization.py", COMBINATIONS, "tests/test_plan.py"],
     "fedplug/algorithms/fedbn.py": ["tests/test_distributed_optimization.py", COMBINATIONS],
-    "fedplug/algorithms/regularizers.py": ["tests/test_distributed_optimization.py", "tests/test_ditto.py"],
-    "fedplug/algorithms/ditto.py": ["tests/test_ditto.py", COMBINATIONS],
-    "fedplug/algorithms/pfedme.py": ["tests/test_pfedme.py", COMBINATIONS],
-    "fedplug/algorithms/fedem.py": ["tests/test_fedem.py", COMBINATIONS],
+    "fedplug/algorithms/regularizers.py": ["tests/test_regularizers.py", "tests/test_distributed_optimization.py",
+                                           "tests/test_ditto.py"],
+    "fedplug/algorithms/ditto.py": ["tests/test_ditto.py", COMBINATIONS, "tests/test_builtin_hooks.py", VECTORIZED],
+    "fedplug/algorithms/pfedme.py": ["tests/test_pfedme.py", COMBINATIONS, "tests/test_builtin_hooks.py", VECTORIZED],
+    "fedplug/algorithms/fedem.py": ["tests/test_fedem.py", COMBINATIONS, "tests/test_builtin_hooks.py", VECTORIZED],
     "fedplug/algorithms/scaffold.py": ["tests/test_scaffold.py"],
     "fedplug/algorithms/fednova.py": ["tests/test_fednova.py"],
     "fedplug/algorithms/feddyn.py": ["tests/test_feddyn.py"],
-    "fedplug/algorithms/fedem_cohort.py": ["tests/test_vectorized.py::test_vectorized_equals_sequential_after_each_round"],
-    "fedplug/algorithms/ditto_federatedscope.py": ["tests/test_fscompat.py"],
+    "fedplug/algorithms/fedem_cohort.py": [VECTORIZED],
+    "fedplug/algorithms/ditto_federatedscope.py": ["tests/test_fscompat.py", "tests/test_builtin_hooks.py"],
     "fedplug/algorithms/dp.py": ["tests/test_dp.py"],
     "fedplug/algorithms/adaptive_clip.py": ["tests/test_dp.py"],
     "fedplug/algorithms/dp_accountant.py": ["tests/test_dp.py"],
@@ -134,7 +139,8 @@ def run_module(module: str, tests: list[str], children: int, seconds: float) -> 
             proc.wait()
         code = None
     if code not in (0, None):
-        raise SystemExit(f"mutmut failed on {module} (exit {code}); see the output above")
+        print(f"mutmut failed on {module} (exit {code}); see the output above", file=sys.stderr)
+        return None
     subprocess.run([*mutmut, "export-cicd-stats"], cwd=folder, env=env, capture_output=True)
     path = folder / "mutants" / "mutmut-cicd-stats.json"
     if not path.exists():
@@ -173,7 +179,8 @@ def main() -> None:
         if stats is None or not stats["complete"]:
             unfinished.append(module)
         if stats is None:
-            lines.append(f"{module:<38} not run: the budget is spent")
+            why = "the budget is spent" if left <= 60 else "mutmut failed or tested nothing (see its output)"
+            lines.append(f"{module:<38} not measured: {why}")
             continue
         for key in total:
             total[key] += stats[key]

@@ -32,8 +32,11 @@ def get_regularizer(name: str) -> Regularizer:
         raise KeyError(f"no regularizer named '{name}' (registered: {', '.join(sorted(_REGULARIZERS))})") from None
 
 
-@register_regularizer("proximal_regularizer")
 def proximal_regularizer(ctx: Context) -> torch.Tensor:
     """1/2 * ||w - w_received||^2 over the parameters the client received."""
     received = ctx.global_params
     return 0.5 * sum(((p - received[n]) ** 2).sum() for n, p in ctx.model.named_parameters() if n in received)
+
+
+# registered by a call rather than a decorator, so that mutation testing (mutmut skips decorated functions) reaches it
+register_regularizer("proximal_regularizer")(proximal_regularizer)
