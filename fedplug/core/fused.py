@@ -11,12 +11,11 @@ leave it after an epoch's batches (`cur_batch_i` the last batch, the counters ad
 scope ended). Any other hook at one of those points, a plug-in's or a user's, and the hooks run as
 written. Epoch- and fit-level hooks always run as hooks.
 
-Two shortcuts PyTorch itself takes: while no hook is registered on `ctx.model` or `ctx.criterion`
-(nor a global module hook, nor compiled, nor traced), the loop calls their `forward` directly, which
-is all `nn.Module.__call__` does then (fedplug/core/module_calls.py; asked at every batch, so a hook
+Two shortcuts, the same values: while no hook is registered on `ctx.model` or `ctx.criterion` (nor
+a global module hook, nor compiled, nor traced), the loop calls their `forward` directly, which is
+all `nn.Module.__call__` does then (fedplug/core/module_calls.py; asked at every batch, so a hook
 registered at any time runs). On CPU each batch's loss is read at once with `.item()` (no device to
-wait for, cheaper than stacking the epoch's losses); elsewhere once per epoch. The same float32 values
-either way.
+wait for, cheaper than stacking the epoch's losses); elsewhere once per epoch.
 """
 from __future__ import annotations
 
