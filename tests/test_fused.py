@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.nn.modules.module import register_module_forward_hook
 
 from fedplug.backends.sequential import SequentialBackend
-from fedplug.core import default_hooks, fused, trainer as trainer_module
+from fedplug.core import default_hooks, fused, module_calls, trainer as trainer_module
 from fedplug.core.context import Context, CtxVar
 from fedplug.core.hooks import HookTable
 from fedplug.core.messages import RoundFacts
@@ -165,3 +166,68 @@ def test_sequential_visits_equal_the_hooks(small_cfg, fused_calls, plugin: str) 
         assert loss1 == loss2
         assert all(torch.equal(p1[n], p2[n]) for n in p1)
         assert e1.keys() == e2.keys() and all(torch.equal(e1[k][n], e2[k][n]) for k in e1 for n in e1[k])
+
+
+HOOKS = {  # where -> (register(model, criterion, calls) -> handle, hook calls per batch)
+    "model_forward": (lambda m, c, calls: m.register_forward_hook(lambda mod, i, out: calls.append(1) or out * 0.5), 1),
+    "model_pre": (lambda m, c, calls: m.register_forward_pre_hook(lambda mod, args: calls.append(1) or (args[0] * 2,)),
+                  1),
+    "criterion_forward": (lambda m, c, calls: c.register_forward_hook(lambda mod, i, out: calls.append(1) or out * 3),
+                          1),
+    "criterion_pre": (lambda m, c, calls: c.register_forward_pre_hook(
+        lambda mod, args: calls.append(1) or (args[0] * 0.25, args[1])), 1),
+    "global_forward": (lambda m, c, calls: register_module_forward_hook(
+        lambda mod, i, out: calls.append(1) or (out * 0.5 if mod is m else None)), 2),
+}
+
+
+def train_with_hook(cfg, where: str | None, table_of) -> tuple[list[torch.Tensor], dict, int]:
+    """(parameters, results, hook calls) of one local update, with the hook `where` registered (None: no hook)."""
+    x, y = torch.randn(23, 5, generator=torch.Generator().manual_seed(1)), torch.arange(23) % 3
+    torch.manual_seed(0)
+    model = torch.nn.Linear(5, 3)
+    trainer = Trainer(model, cfg)
+    calls: list[int] = []
+    handle = HOOKS[where][0](model, trainer.criterion, calls) if where else None
+    try:
+        results = trainer.train(x, y, torch.Generator().manual_seed(7), table=table_of(trainer.hooks["train"]))
+    finally:
+        if handle is not None:
+            handle.remove()
+    return [p.detach().clone() for p in model.parameters()], results, len(calls)
+
+
+@pytest.mark.parametrize("where", HOOKS)
+def test_a_module_hook_runs_in_the_fused_loop(small_cfg, fused_calls, where: str) -> None:
+    """The fused loop calls `forward` itself only while nothing is registered: a forward hook or pre-hook on the
+    model or the criterion, or a global one, runs at every batch as through the hooks, bit for bit."""
+    cfg = small_cfg(dataloader__batch_size=4)
+    fused_params, fused_results, fused_hook_calls = train_with_hook(cfg, where, lambda t: t)
+    assert sum(fused_calls) == fused_results["train_steps"]
+    assert fused_hook_calls == HOOKS[where][1] * fused_results["train_steps"]
+    hooks_params, hooks_results, hooks_calls = train_with_hook(cfg, where, unfused)
+    assert hooks_calls == fused_hook_calls
+    assert all(torch.equal(a, b) for a, b in zip(fused_params, hooks_params)) and fused_results == hooks_results
+    plain_params, _, _ = train_with_hook(cfg, None, lambda t: t)
+    assert not all(torch.equal(a, b) for a, b in zip(fused_params, plain_params))  # the hook changed the training
+
+
+def test_losses_read_once_per_epoch_off_cpu(small_cfg, fused_calls, monkeypatch) -> None:
+    """Off CPU the fused loop keeps the losses as tensors and reads them after the epoch: the same sums."""
+    monkeypatch.setattr(fused, "reads_each_loss", lambda device: False)
+    runs = train_both(small_cfg(dataloader__batch_size=4, train__batch_or_epoch="epoch", train__local_update_steps=2))
+    assert fused_calls
+    assert_same(runs)
+
+
+def test_the_fused_loop_skips_the_module_call_when_nothing_is_registered(small_cfg, monkeypatch) -> None:
+    direct: list[bool] = []
+
+    def spy(module):
+        target = module_calls.callee(module)
+        direct.append(target is not module)
+        return target
+
+    monkeypatch.setattr(fused, "callee", spy)
+    train_both(small_cfg(dataloader__batch_size=4))
+    assert direct and all(direct)  # the model's and the criterion's forward, at every batch

@@ -28,6 +28,7 @@ from lr_workload import lr_config, lr_workload  # noqa: E402
 from fedplug.backends import build_backend  # noqa: E402
 from fedplug.core import default_hooks  # noqa: E402
 from fedplug.core.context import Context, CtxVar  # noqa: E402
+from fedplug.core.module_calls import already_training, callee  # noqa: E402
 from fedplug.models import build_model  # noqa: E402
 from fedplug.run.plan import build_plan  # noqa: E402
 
@@ -78,6 +79,10 @@ def parts() -> dict[str, tuple[Callable[[], object], Callable[[], object] | None
                                                                                   lambda: linear(x[:20])),
         "batch: loss (CrossEntropyLoss module vs. F.cross_entropy)": (lambda: criterion(out, y[:20]),
                                                                       lambda: F.cross_entropy(out, y[:20])),
+        "batch: fused loop's model call (forward while no hook is registered) vs. nn.Linear": (
+            lambda: callee(model)(x[:20]), lambda: linear(x[:20])),
+        "batch: fused loop's loss (forward while no hook is registered) vs. F.cross_entropy": (
+            lambda: callee(criterion)(out, y[:20]), lambda: F.cross_entropy(out, y[:20])),
         "batch: gather hook + end_scope vs. slice and two index ops": (gather, lambda: (x[order[40:60]],
                                                                                         y[order[40:60]])),
         "batch: _hook_on_batch_end (.item(), two writes)": (batch_end, None),
@@ -86,6 +91,7 @@ def parts() -> dict[str, tuple[Callable[[], object], Callable[[], object] | None
         "visit: fresh SGD": (lambda: torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.0, weight_decay=0.0),
                              None),
         "visit: model.train()": (model.train, None),
+        "visit: already_training(model) (the check that skips train())": (lambda: already_training(model), None),
         "visit: download vs. the plain loop's copy_": (lambda: backend.download(0, global_params), plain_copy_in),
         "visit: shared_parameters() (the read-back)": (backend.shared_parameters, None),
         "visit: Trainer._context": (lambda: trainer._context("train", "train", x, y, 20, 8, 1, 8), None),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from functools import partial
+from itertools import chain
 from types import MappingProxyType
 from typing import Any, Iterable, Iterator
 
@@ -81,8 +82,8 @@ class SequentialBackend:
 
     def download(self, client: int, global_params: Params) -> None:
         kept = self._kept.get(client, self._initial_kept)
-        with torch.no_grad():
-            for name, t in self._tensors().items():
+        with torch.no_grad():  # the tensors of `_tensors()`, in its order, without building its dicts
+            for name, t in chain(self.model.named_parameters(), self.model.named_buffers()):
                 if name in global_params:
                     t.copy_(global_params[name])
                 elif name in kept:

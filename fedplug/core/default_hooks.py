@@ -16,13 +16,15 @@ import torch
 
 from fedplug.core.context import Context, CtxVar
 from fedplug.core.hooks import HookTable
+from fedplug.core.module_calls import already_training
 
 if TYPE_CHECKING:
     from fedplug.data.graph_rows import GraphBatch
 
 
 def _hook_on_fit_start_init(ctx: Context) -> None:
-    ctx.model.train()
+    if not already_training(ctx.model):  # else train() would change nothing, and the check costs less
+        ctx.model.train()
     opt = ctx.cfg.train.optimizer
     ctx.optimizer = CtxVar(torch.optim.SGD(ctx.model.parameters(), lr=ctx.lr, momentum=opt.momentum,
                                            weight_decay=opt.weight_decay), "routine")

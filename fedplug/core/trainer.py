@@ -90,10 +90,10 @@ class Trainer:
                 hook(ctx)
 
         ctx.run_forward = run_forward
-        # A batch's four trigger points run back to back: one loop over their hooks in that order.
-        batch_hooks = batch_start + forward + backward + batch_end
         # Only the default train hooks at the batch points: their fused loop (fedplug/core/fused.py), same arithmetic.
         fused = fusable(batch_start, forward, backward, batch_end)
+        # Else a batch's four trigger points run back to back: one loop over their hooks in that order.
+        batch_hooks = () if fused else batch_start + forward + backward + batch_end
         variables, end_scope = ctx.__dict__, ctx.end_scope  # the indices are plain values: no __setattr__ needed
         for hook in fit_start:
             hook(ctx)
