@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 EXPECTED = """\
@@ -90,3 +92,41 @@ def test_plan_names_fedopts_adaptive_server_optimizer_with_its_settings() -> Non
                 "fedopt.optimizer.betas", "[0.8, 0.95]", "fedopt.optimizer.eps", "0.01")
     assert ("  update             global <- Adam(lr 0.03, betas [0.8, 0.95], eps 0.01) step on delta = aggregate - global "
             "[fedopt]") in text.splitlines()
+
+
+SERVER_LINES = {  # a plug-in's own lines of the server pipeline, with non-default settings where it has them
+    "scaffold": ({"scaffold.use": True}, [
+        "  receive            c <- c + (1/N) * sum of the clients' delta c_i (sent: c down, delta c_i up) [scaffold]"]),
+    "fednova": ({"fednova.use": True, "train.optimizer.momentum": 0.5}, [
+        "  weights            n_i * a_ref / ||a_i||_1 (normalized updates; momentum 0.5, mu 0.0) [fednova]",
+        "  transform          new = old + s * (aggregate - old), s = tau_eff * sum(n_i / ||a_i||_1) / sum(n_i) [fednova]"]),
+    "feddyn": ({"feddyn.use": True, "feddyn.alpha": 0.1}, [
+        "  transform          h <- h - alpha * |received|/N * (aggregate - old); new = aggregate - h / alpha, "
+        "alpha = 0.1 [feddyn]"]),
+    "fedem": ({"fedem.use": True, "fedem.num_models": 2}, [
+        "  components         each of the 2 component models is aggregated separately (per-tensor weighted mean); "
+        "mixture weights stay on the clients [fedem]"]),
+    "pfedme": ({"pfedme.use": True, "personalization.beta": 0.5}, [
+        "  transform          new = (1 - beta) * old + beta * aggregate, beta = 0.5 [pfedme]"]),
+    "dp": ({"dp.use": True, "dp.clip": 0.5, "federate.sample_client_num": 5}, [
+        "  weights            uniform (1 per client: DP-FedAvg's sensitivity) [dp]",
+        "  transform          new = old + (|received| * (aggregate - old) + N(0, (z * clip)^2)) / expected clients, "
+        "z = 1, clip 0.5 (after the aggregate, before the update) [dp]"]),
+    "krum": ({"aggregator.rule": "krum", "aggregator.byzantine_node_num": 1, "federate.sample_client_num": 10}, [
+        "  aggregate          Krum: the upload with the lowest Krum score (aggregator.rule krum, f = 1; every upload "
+        "kept) [krum]"]),
+    "normbounding": ({"aggregator.rule": "normbounding", "aggregator.norm_bound": 2.0}, [
+        "  aggregate          norm bounding: each update clipped to L2 norm 2.0, then the weighted mean "
+        "(aggregator.rule normbounding; every upload kept) [normbounding]"]),
+}
+
+
+@pytest.mark.parametrize("name", list(SERVER_LINES))
+def test_plan_shows_each_server_side_plugins_step_with_its_settings(name: str) -> None:
+    from fedplug.config import load_config
+    from fedplug.run.plan import build_plan, describe_plan
+
+    keys, expected = SERVER_LINES[name]
+    lines = describe_plan(build_plan(load_config(None, keys))).splitlines()
+    server = lines[lines.index("server (in this order):") + 1:]
+    assert [line for line in server if line.endswith(f"[{name}]")] == expected

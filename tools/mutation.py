@@ -73,15 +73,15 @@ CAMPAIGN: dict[str, list[str]] = {
     "fedplug/algorithms/pfedme.py": ["tests/test_pfedme.py", COMBINATIONS, "tests/test_builtin_hooks.py", VECTORIZED,
                                      "tests/test_fscompat.py", "tests/test_plan.py"],
     "fedplug/algorithms/fedem.py": ["tests/test_fedem.py", COMBINATIONS, "tests/test_builtin_hooks.py", VECTORIZED],
-    "fedplug/algorithms/scaffold.py": ["tests/test_scaffold.py"],
-    "fedplug/algorithms/fednova.py": ["tests/test_fednova.py"],
-    "fedplug/algorithms/feddyn.py": ["tests/test_feddyn.py"],
+    "fedplug/algorithms/scaffold.py": ["tests/test_scaffold.py", "tests/test_plan.py"],
+    "fedplug/algorithms/fednova.py": ["tests/test_fednova.py", "tests/test_plan.py"],
+    "fedplug/algorithms/feddyn.py": ["tests/test_feddyn.py", "tests/test_plan.py"],
     "fedplug/algorithms/fedem_cohort.py": [VECTORIZED],
     "fedplug/algorithms/ditto_federatedscope.py": ["tests/test_fscompat.py", "tests/test_builtin_hooks.py"],
-    "fedplug/algorithms/dp.py": ["tests/test_dp.py"],
+    "fedplug/algorithms/dp.py": ["tests/test_dp.py", "tests/test_plan.py"],
     "fedplug/algorithms/adaptive_clip.py": ["tests/test_dp.py"],
     "fedplug/algorithms/dp_accountant.py": ["tests/test_dp.py"],
-    **{f"fedplug/aggregators/{rule}.py": ["tests/test_robust_aggregators.py"]
+    **{f"fedplug/aggregators/{rule}.py": ["tests/test_robust_aggregators.py", "tests/test_plan.py"]
        for rule in ("base", "krum", "median", "trimmed_mean", "bulyan", "norm_bounding", "centered_clipping")},
 }
 LINKED = ("fedplug", "tests", "configs")
