@@ -70,6 +70,16 @@ def test_client_upload_and_weight(small_cfg) -> None:
     assert plan.weight(nova_upload(nova, 2, 48, 5, {})) == 48  # the configured step count: n exactly
 
 
+@pytest.mark.parametrize("keys, mu", [({"fedprox.use": True}, 0.7), ({"federate.method": "FedProx"}, 0.7),
+                                      ({"federate.method": "fedprox"}, 0.7), ({}, 0.0)])
+def test_the_normalizer_counts_fedproxs_mu_only_when_fedprox_is_on(small_cfg, keys: dict, mu: float) -> None:
+    """fedprox.mu set while FedProx is off changes no step: the normalizer must not count it."""
+    plan = build_plan(small_cfg(fednova__use=True, fedprox__mu=0.7, **{k.replace(".", "__"): v for k, v in keys.items()}))
+    (nova,) = [p for p in plan.plugins if p.name == "fednova"]
+    assert nova.mu == mu
+    a3 = sgd_normalizer(3, 0.1, 0.0, mu)
+    assert float(nova_upload(nova, 2, 48, 3, {}).extras["fednova"]["norm"]) == pytest.approx(a3, rel=1e-9)
+
 @pytest.mark.parametrize("momentum", [0.0, 0.5])
 def test_server_step_is_the_papers_formula(small_cfg, momentum: float) -> None:
     """x <- x - tau_eff * sum_i p_i (x - y_i) / a_i, tau_eff = sum_i p_i a_i, p_i = n_i / sum_j n_j."""
