@@ -36,6 +36,10 @@ PLUGINS = {
     "pfedme": dict(pfedme__use=True, personalization__K=3, personalization__beta=0.8, grad__grad_clip=1.0),
     "fedem": dict(fedem__use=True, fedem__num_models=3),
     "fedem+fedprox": dict(fedem__use=True, fedem__num_models=2, fedprox__use=True, fedprox__mu=0.3),
+    # epochs of unequal clients: the clients still training shrink to a prefix of the cohort (its extras sliced)
+    # and a quarter of the clients a round: most are evaluated before their first visit (a uniform mixture)
+    "fedem_epochs": dict(fedem__use=True, fedem__num_models=2, train__batch_or_epoch="epoch", train__local_update_steps=1,
+                         federate__sample_client_rate=0.25),
     "fedprox+fedopt+ditto": dict(fedprox__use=True, fedprox__mu=0.1, fedopt__use=True,
                                  fedopt__optimizer__momentum=0.5, ditto__use=True),
     "scaffold": dict(scaffold__use=True),
@@ -108,8 +112,9 @@ def test_vectorized_equals_sequential_after_each_round(small_cfg, name: str) -> 
     compare_rounds(small_cfg(**over), small_cfg(**over, federate__backend="vectorized"))
 
 
-def test_chunks_change_nothing(small_cfg) -> None:
-    over = {**UNEVEN, **PLUGINS["fedprox+fedopt+ditto"], "personalization__local_param": ["bias"]}
+@pytest.mark.parametrize("name", ["fedprox+fedopt+ditto", "fedem"])
+def test_chunks_change_nothing(small_cfg, name: str) -> None:
+    over = {**UNEVEN, **PLUGINS[name], "personalization__local_param": ["bias"]}
     vec = compare_rounds(small_cfg(**over), small_cfg(**over, federate__backend="vectorized",
                                                       federate__vectorized__chunk_size=2))
     assert vec.chunk_train == 2 and vec.chunk_eval == 2
