@@ -1,21 +1,24 @@
 """Ditto: the personal update by hand, personal state across rounds and at evaluation, the pull of
-lambda, a small run, and composition with FedProx."""
+lambda, a small run, composition with FedProx, the fallbacks of personalization's 0 settings, the plan text of
+v's routine in both semantics, and what v's routine leaves in the Context."""
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
 
+import pytest
 import torch
 
 from fedplug.algorithms.ditto import PERSONAL_REGULARIZER_HOOK, Ditto
 from fedplug.backends.sequential import SequentialBackend
 from fedplug.core.compose import compose
 from fedplug.core.default_hooks import default_train_hooks
+from fedplug.core.plugin import HookSpec, Plugin
 from fedplug.core.trainer import Trainer
 from fedplug.data import build_data
 from fedplug.models import build_model
-from fedplug.run.plan import build_plan
+from fedplug.run.plan import build_plan, describe_plan
 from fedplug.run.simulation import run
 from fedplug.seeding import CLIENT_TRAINING, generator
 
@@ -168,3 +171,84 @@ def test_ditto_composes_with_fedprox(small_cfg) -> None:
     result = run(cfg)
     assert result["method"] == "FedProx+Ditto" and 0 < result["test_acc"] <= 1
     assert run(ditto_cfg(small_cfg))["test_acc"] != result["test_acc"]  # mu changed the global model
+
+
+def test_personal_steps_and_lr_of_zero_mean_the_global_updates_own(small_cfg) -> None:
+    """personalization.local_update_steps <= 0 and .lr <= 0 take train.local_update_steps and train.optimizer.lr;
+    0 is the boundary (the defaults are -1), and 1 personal step is one step, not the fallback."""
+    def personal_model(**keys) -> dict[str, torch.Tensor]:
+        backend = make_backend(ditto_cfg(small_cfg, train__local_update_steps=5, train__optimizer__lr=0.1,
+                                         personalization__regular_weight=0.5, **keys))
+        backend.train_client(2, 1, clone(backend.shared_parameters()))
+        return clone(backend.client_states(2)["ditto"])
+
+    explicit = personal_model(personalization__local_update_steps=5, personalization__lr=0.1)
+    fallback = personal_model(personalization__local_update_steps=0, personalization__lr=0.0)
+    assert all(torch.equal(fallback[k], explicit[k]) for k in explicit)
+    one_step = personal_model(personalization__local_update_steps=1, personalization__lr=0.1)
+    assert not any(torch.equal(one_step[k], explicit[k]) for k in explicit)
+
+
+PERSONAL_ROUTINE = {
+    "paper": """\
+client ditto personal (3 steps, lr 0.2) routine:
+  on_fit_start       _hook_on_fit_start_init [core]
+  on_epoch_start     _hook_on_epoch_start_shuffle [core]
+  on_batch_start     _hook_on_batch_start_gather [core]
+  on_batch_forward   _hook_on_batch_forward [core], _hook_on_batch_forward_ditto_add_personal_term [ditto]
+  on_batch_backward  _hook_on_batch_backward [core]
+  on_batch_end       _hook_on_batch_end [core]
+  on_epoch_end       -
+  on_fit_end         _hook_on_fit_end [core]""",
+    "federatedscope": """\
+client ditto personal (3 steps, a pass per epoch before w's batches, lr 0.2) routine:
+  on_fit_start       _hook_on_fit_start_init [core], _hook_on_fit_start_ditto_optimizer [ditto]
+  on_epoch_start     -
+  on_batch_start     _hook_on_batch_start_ditto_stream [ditto]
+  on_batch_forward   _hook_on_batch_forward [core], _hook_on_batch_forward_ditto_add_personal_term [ditto]
+  on_batch_backward  _hook_on_batch_backward [core]
+  on_batch_end       _hook_on_batch_end [core]
+  on_epoch_end       -
+  on_fit_end         _hook_on_fit_end [core]""",
+}
+
+
+@pytest.mark.parametrize("semantics", sorted(PERSONAL_ROUTINE))
+def test_plan_prints_the_personal_routine_of_each_semantics(small_cfg, semantics) -> None:
+    """`fedplug plan`'s text of v's routine: its hooks and owners, the step count and lr, and, under
+    federatedscope semantics, that v takes a pass of the visit's one loader per epoch (no shuffle of its own)."""
+    cfg = ditto_cfg(small_cfg, ditto__semantics=semantics, personalization__local_update_steps=3,
+                    personalization__lr=0.2)
+    text = describe_plan(build_plan(cfg))
+    start = text.index("client ditto personal")
+    assert text[start:].split("\nserver")[0] == PERSONAL_ROUTINE[semantics]
+
+
+def test_personal_results_reach_a_users_hook_and_the_personal_terms_end_with_the_batch(register, small_cfg) -> None:
+    """ctx.ditto_personal_results (a declared write) is v's routine's results; Ditto's per-batch fields in v's
+    routine hold the batch's graph, so they must be gone when the epoch ends."""
+    seen: list = []
+
+    class Reader(Plugin):
+        name = "ditto_reader"
+
+        def hooks(self) -> list[HookSpec]:
+            return [HookSpec("on_fit_start", lambda ctx: seen.append(ctx.ditto_personal_results), "read_personal",
+                             after=("_hook_on_fit_start_ditto_personal",), before=("_hook_on_fit_start_init",))]
+
+    register(Reader)
+    cfg = ditto_cfg(small_cfg, ditto_reader__use=True, personalization__local_update_steps=3, dataloader__batch_size=4)
+    backend = make_backend(cfg)
+    ditto = next(p for p in backend.plan.plugins if p.name == "ditto")
+    fields = ("ditto_loss_regular", "loss_task")
+    at_batch_end, at_epoch_end = [], []
+    ditto.personal_table.add("on_batch_end", lambda ctx: at_batch_end.append({n for n in fields if n in vars(ctx)}),
+                             "probe_batch")
+    ditto.personal_table.add("on_epoch_end", lambda ctx: at_epoch_end.append({n for n in fields if n in vars(ctx)}),
+                             "probe_epoch")
+    backend.train_client(1, 1, clone(backend.shared_parameters()))
+
+    assert at_batch_end == [set(fields)] * 3  # there while the batch lasts
+    assert at_epoch_end and all(names == set() for names in at_epoch_end)
+    (results,) = seen
+    assert results["train_steps"] == 3 and results["train_total"] == 3 * 4  # v's 3 steps, not w's 5

@@ -1,8 +1,10 @@
-"""FedEM: the E-step and pi update, the weighted loss, the mixture at evaluation, M = 1 = FedAvg."""
+"""FedEM: the E-step and pi update, the weighted loss, the mixture at evaluation, M = 1 = FedAvg, the fresh
+mixture, the plan's server line, and what the forward hooks leave in the Context."""
 from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import pytest
@@ -13,9 +15,10 @@ from fedplug.algorithms.fedem import FedEM, MixtureModel
 from fedplug.backends.sequential import SequentialBackend
 from fedplug.config import load_config
 from fedplug.core.context import Context
+from fedplug.core.plugin import HookSpec, Plugin
 from fedplug.data import build_data
 from fedplug.models import build_model
-from fedplug.run.plan import build_plan
+from fedplug.run.plan import build_plan, describe_plan
 from fedplug.run.simulation import run
 
 # Two fixed components on 2 features, 2 classes, and four samples.
@@ -164,3 +167,65 @@ def test_fedprox_anchors_to_the_mixture_forward(small_cfg) -> None:
     hooks = dict(iter(plan.tables["train"]))["on_batch_forward"]
     assert [(h.name, h.owner) for h in hooks] == [("_hook_on_batch_forward", "fedem"),
                                                   ("_hook_on_batch_forward_add_proximal_term", "fedprox")]
+
+
+def test_a_fresh_mixture_is_the_mean_of_its_components_without_warnings() -> None:
+    """Before any update pi is uniform: the mixture is log(mean_m p_m); log_softmax's class dimension is named
+    (an implicit one is a deprecation warning, per batch)."""
+    model = mixture()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = model(torch.tensor(X))
+    by_hand = [[math.log((softmax_by_hand(0, x)[c] + softmax_by_hand(1, x)[c]) / 2) for c in range(2)] for x in X]
+    assert torch.allclose(out, torch.tensor(by_hand), atol=1e-6)
+
+
+def test_plan_names_the_components_aggregated_separately(small_cfg) -> None:
+    text = describe_plan(build_plan(small_cfg(fedem__use=True, fedem__num_models=3))).splitlines()
+    assert ("  components         each of the 3 component models is aggregated separately (per-tensor weighted mean); "
+            "mixture weights stay on the clients [fedem]") in text
+
+
+FIELDS = ("y_prob", "loss_batch", "loss_task")
+SEEN: dict[str, list] = {}
+
+
+class FieldProbe(Plugin):
+    """What FedEM's forward hooks leave in the Context: at each batch's end (eval) and at each epoch's end."""
+
+    name = "fedem_probe"
+
+    def hooks(self) -> list[HookSpec]:
+        def at_epoch_end(routine: str):
+            return lambda ctx: SEEN.setdefault(routine, []).append({n for n in FIELDS if n in vars(ctx)})
+
+        def eval_batch_end(ctx: Context) -> None:
+            SEEN.setdefault("eval batch", []).append(torch.equal(ctx.loss_task, ctx.loss_batch))
+
+        return [HookSpec("on_epoch_end", at_epoch_end("train"), "probe_train"),
+                HookSpec("on_epoch_end", at_epoch_end("eval"), "probe_eval", routine="eval"),
+                HookSpec("on_batch_end", eval_batch_end, "probe_eval_batch", routine="eval")]
+
+
+def test_forward_fields_end_with_the_batch_and_eval_loss_task_is_the_mixture_nll(register, small_cfg) -> None:
+    """y_prob and the losses hold a batch's graph (train) or outputs: kept past the batch they would hold its
+    memory. In evaluation loss_task (a declared write, read by users' hooks) is the mixture NLL."""
+    register(FieldProbe)
+    SEEN.clear()
+    cfg = small_cfg(fedem__use=True, fedem__num_models=2, fedem_probe__use=True)
+    data, plan = build_data(cfg), build_plan(cfg)
+    backend = SequentialBackend(cfg, build_model(cfg, data.input_shape, plan), plan, data)
+    start = {k: v.clone() for k, v in backend.shared_parameters().items()}
+    backend.train_client(1, 1, start)
+    backend.evaluate(start, "val")
+    assert SEEN["train"] and all(names == set() for names in SEEN["train"])
+    assert SEEN["eval"] and all(names == set() for names in SEEN["eval"])
+    assert SEEN["eval batch"] and all(SEEN["eval batch"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_on_a_gpu_the_data_in_host_memory_changes_nothing(small_cfg) -> None:
+    """The E-step moves each chunk of the client's data (and the kept or uniform pi) to the model's device."""
+    over = dict(fedem__use=True, fedem__num_models=2, device="cuda", federate__total_round_num=2)
+    host, on_device = run(small_cfg(**over, data__placement="host")), run(small_cfg(**over, data__placement="device"))
+    assert records(host) == records(on_device)

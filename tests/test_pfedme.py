@@ -1,5 +1,6 @@
 """pFedMe: one step against a hand computation, the server transform, personalized evaluation,
-a small run, and the exclusive personalization role."""
+a small run, the exclusive personalization role, the 0 boundaries of personalization.lr and grad.grad_clip, and
+the forward passes per inner step."""
 from __future__ import annotations
 
 import json
@@ -10,10 +11,11 @@ import torch
 
 
 from fedplug.algorithms.pfedme import PFedMe
+from fedplug.backends import build_backend
 from fedplug.backends.sequential import SequentialBackend
 from fedplug.core.compose import CompositionError, compose
 from fedplug.core.messages import RoundFacts
-from fedplug.core.plugin import Plugin
+from fedplug.core.plugin import HookSpec, Plugin
 from fedplug.core.trainer import Trainer
 from fedplug.data import build_data
 from fedplug.models import build_model
@@ -123,3 +125,60 @@ def test_two_personalization_plugins_are_refused(small_cfg) -> None:
         compose([PFedMe(cfg), OtherPersonal(cfg)])
     message = str(err.value)
     assert "pfedme" in message and "otherpersonal" in message and "'personalization'" in message
+
+
+def trained(small_cfg, backend: str, **keys) -> list[dict[str, torch.Tensor]]:
+    """Round 1 of clients 0-2 on `backend`: each client's upload (w) and kept personalized model (theta)."""
+    cfg = small_cfg(pfedme__use=True, federate__backend=backend, personalization__regular_weight=0.5,
+                    personalization__K=2, **keys)
+    data, plan = build_data(cfg), build_plan(cfg)
+    runner = build_backend(cfg, build_model(cfg, data.input_shape, plan), plan, data)
+    received = {n: t.clone() for n, t in runner.shared_parameters().items()}
+    uploads = list(runner.train_cohort([0, 1, 2], 1, received, {}))
+    return [{**{f"w.{n}": t.clone() for n, t in u.params.items()},
+             **{f"theta.{n}": t.clone() for n, t in runner.client_states(u.client)["pfedme"].items()}}
+            for u in uploads]
+
+
+def same(a: list[dict[str, torch.Tensor]], b: list[dict[str, torch.Tensor]]) -> bool:
+    return all(x.keys() == y.keys() and all(torch.equal(x[n], y[n]) for n in x) for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("backend", ["sequential", "vectorized"])
+def test_zero_personal_lr_and_zero_grad_clip_are_the_documented_defaults(small_cfg, backend: str) -> None:
+    """personalization.lr <= 0 takes train.optimizer.lr, and grad.grad_clip <= 0 disables clipping: 0 is the
+    boundary of both (the defaults are -1), so 0 must give, bit for bit, what the explicit setting gives."""
+    explicit = trained(small_cfg, backend, personalization__lr=0.1, grad__grad_clip=-1.0)
+    assert same(trained(small_cfg, backend, personalization__lr=0.0, grad__grad_clip=0.0), explicit)
+    assert not same(trained(small_cfg, backend, personalization__lr=0.05, grad__grad_clip=-1.0), explicit)
+
+
+SEEN: list[str] = []
+
+
+class ForwardCounter(Plugin):
+    """A user's forward hook, as FedProx's term is (pFedMe runs the forward hooks once per inner step), and the
+    batches' ends."""
+
+    name = "pf_forward_counter"
+
+    def hooks(self) -> list[HookSpec]:
+        return [HookSpec("on_batch_forward", lambda ctx: SEEN.append("forward"), "pf_count",
+                         after=("_hook_on_batch_forward",)),
+                HookSpec("on_batch_end", lambda ctx: SEEN.append("end"), "pf_end")]
+
+
+@pytest.mark.parametrize("semantics", ["paper", "federatedscope"])
+def test_the_forward_hooks_run_once_per_inner_step(register, small_cfg, semantics: str) -> None:
+    """K inner steps cost K forward passes: the first step uses the loss the batch's forward already computed
+    (paper: K steps per batch; federatedscope: one step per batch call, K calls per batch)."""
+    register(ForwardCounter)
+    SEEN.clear()
+    cfg = small_cfg(pfedme__use=True, pfedme__semantics=semantics, pf_forward_counter__use=True,
+                    personalization__K=3, train__local_update_steps=2)
+    data, plan = build_data(cfg), build_plan(cfg)
+    runner = SequentialBackend(cfg, build_model(cfg, data.input_shape, plan), plan, data)
+    runner.train_client(0, 1, {n: t.clone() for n, t in runner.shared_parameters().items()})
+    ends = SEEN.count("end")
+    assert ends == (2 if semantics == "paper" else 14)  # federatedscope: 3 epochs, 2 passes of 6 batches, then 2
+    assert SEEN.count("forward") == (3 if semantics == "paper" else 1) * ends
