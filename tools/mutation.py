@@ -76,7 +76,8 @@ CAMPAIGN: dict[str, list[str]] = {
     "fedplug/algorithms/scaffold.py": ["tests/test_scaffold.py", "tests/test_plan.py"],
     "fedplug/algorithms/fednova.py": ["tests/test_fednova.py", "tests/test_plan.py"],
     "fedplug/algorithms/feddyn.py": ["tests/test_feddyn.py", "tests/test_plan.py"],
-    "fedplug/algorithms/fedem_cohort.py": [VECTORIZED],
+    "fedplug/algorithms/fedem_cohort.py": [VECTORIZED, *(f"tests/test_vectorized.py::test_{name}" for name in (
+        "whole_run_metrics_agree", "chunks_change_nothing", "convnet2_with_batchnorm_and_short_batches"))],
     "fedplug/algorithms/ditto_federatedscope.py": ["tests/test_fscompat.py", "tests/test_builtin_hooks.py"],
     "fedplug/algorithms/dp.py": ["tests/test_dp.py", "tests/test_plan.py"],
     "fedplug/algorithms/adaptive_clip.py": ["tests/test_dp.py"],
