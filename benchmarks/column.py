@@ -122,7 +122,7 @@ def main() -> None:
     jobs = [(a + (FS_SUFFIX if a in variants else ""), a, []) for a in algorithms]
     jobs += [(a + PAPER_SUFFIX, a, [variants[a]]) for a in algorithms if a in variants]
     if args.seeds is not None:
-        run_seeds(args, pattern, title, published_key, jobs, overrides, variants)
+        run_seeds(args, pattern, title, published_key, comparable, jobs, overrides, variants)
         return
     if args.collect:
         # the semantics mark the row only where the column has both rows (`variants`)
@@ -139,7 +139,7 @@ def main() -> None:
     plot(results, title, RESULTS / picture)
 
 
-def run_seeds(args: argparse.Namespace, pattern: str, title: str, published_key: str, jobs: list,
+def run_seeds(args: argparse.Namespace, pattern: str, title: str, published_key: str, comparable: bool, jobs: list,
               overrides: list[str], variants: dict[str, str]) -> None:
     """Every job once per seed, then the mean +- std table (column_seeds.py)."""
     from column_seeds import write_seeds_table
@@ -162,7 +162,7 @@ def run_seeds(args: argparse.Namespace, pattern: str, title: str, published_key:
         (f" --jobs {args.jobs}" if args.jobs > 1 else "") + (f" --only {' '.join(args.only)}" if args.only else "") + \
         (f" --set {' '.join(args.set)}" if args.set else "") + (" --collect RUN_DIR ..." if args.collect else "")
     tables = json.loads((ROOT / "benchmarks" / "published.json").read_text())
-    path = write_seeds_table(args.column, title, command, seeds, tables, published_key, results, missing)
+    path = write_seeds_table(args.column, title, command, seeds, tables, published_key, results, missing, comparable)
     print(f"wrote {path.relative_to(ROOT)}")
 
 

@@ -30,9 +30,10 @@ def mean_curve(runs: list[dict]) -> tuple[list, list]:
 
 
 def write_seeds_table(column: str, title: str, command: str, seeds: list[int], tables: dict, published_key: str,
-                      results: dict[str, list[dict]], missing: list[str] = ()) -> Path:
+                      results: dict[str, list[dict]], missing: list[str] = (), comparable: bool = True) -> Path:
     """The table of mean +- std per algorithm, each run's figure beside it, against the published one;
-    `missing`: the rows left out because some seed's run is not there (`--collect`)."""
+    `missing`: the rows left out because some seed's run is not there (`--collect`); `comparable` False (a reduced
+    protocol): the published figures are context only, with no difference or verdict against them."""
     published, own_runs = tables[published_key], tables["federatedscope_here"].get(published_key, {})
     rows = []
     for key, runs in results.items():
@@ -44,14 +45,16 @@ def write_seeds_table(column: str, title: str, command: str, seeds: list[int], t
         verdict = "–" if target is None else ("yes" if abs(mean - target) <= bar else "NO") + (
             f" (of {target:.2f}: {bar})" if algo in OWN_RUN_BAR else "")
         loss_mean, loss_std = spread([r["test_loss"] for r in runs])
+        against = ["–" if theirs is None else f"{mean - theirs:+.2f}", verdict] if comparable else []
         rows.append("| " + " | ".join([
             key, f"{mean:.2f} ± {std:.2f}", " / ".join(f"{a:.2f}" for a in accs),
             "–" if theirs is None else f"{theirs:.2f}", "–" if own is None else f"{own:.2f}",
-            "–" if theirs is None else f"{mean - theirs:+.2f}", verdict, f"{loss_mean:.4f} ± {loss_std:.4f}",
+            *against, f"{loss_mean:.4f} ± {loss_std:.4f}",
             " / ".join(str(r["best_round"]) for r in runs), f"{statistics.fmean(r['seconds'] for r in runs):.0f}",
         ]) + " |")
-    head = ["algorithm", "mean ± std", f"per seed ({', '.join(map(str, seeds))})", "published",
-            "FederatedScope's code, run here", "mean - published", f"mean within {TOLERANCE}", "test loss",
+    head = ["algorithm", "mean ± std", f"per seed ({', '.join(map(str, seeds))})",
+            "published" if comparable else "published (context)", "FederatedScope's code, run here",
+            *(["mean - published", f"mean within {TOLERANCE}"] if comparable else []), "test loss",
             "best rounds", "seconds (mean)"]
     path = RESULTS / f"{column}_column_seeds.md"
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -63,6 +66,8 @@ def write_seeds_table(column: str, title: str, command: str, seeds: list[int], t
         "same in every run. std is the sample standard deviation over the seeds; the published figures are one "
         "run each. Seconds are wall time per run, several runs at a time.",
         "",
+        *([] if comparable else ["**Not comparable to the published column**: a reduced protocol (every reduction is "
+                                 "marked in the configs); the published numbers are shown for context only.", ""]),
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
         *rows,
