@@ -242,6 +242,7 @@ REFUSED = [  # small_cfg: 12 clients, sample_client_rate 0.5: 6 sampled per roun
       "federate.min_received_num": 2},
      "aggregator.rule median cannot aggregate a distributed round of federate.min_received_num 2 uploads"),
     ({"aggregator.rule": "median", "fednova.use": True}, "aggregator.rule median and fednova cannot be combined"),
+    ({"aggregator.rule": "median", "federate.method": "FedNova"}, "aggregator.rule median and fednova cannot be combined"),
     ({"aggregator.byzantine_node_num": -1}, "config key 'aggregator.byzantine_node_num' must be >= 0; got -1"),
     ({"aggregator.rule": "krumm"}, "must be one of .* got 'krumm'. Did you mean 'krum'?"),
     ({"aggregator.robust_rule": "trimmed_mean"}, "Did you mean 'trimmedmean'?"),

@@ -34,7 +34,7 @@ class Median(RobustRule):
     summary = "coordinate-wise median of the uploads (unweighted)"
 
     def __init__(self, cfg: ConfigNode) -> None:
-        if cfg.fednova.use or cfg.federate.method.lower() == "fednova":
+        if cfg.fednova.use:  # also set by `federate.method FedNova` (config/load.py)
             raise ConfigError("aggregator.rule median and fednova cannot be combined: the median uses no weights, so "
                               "FedNova's normalized weights would be ignored; use trimmedmean or multikrum, which "
                               "average with them")

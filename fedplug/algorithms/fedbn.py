@@ -21,7 +21,7 @@ class FedBN(Plugin):
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
         patterns = list(cfg.personalization.local_param)
-        if self.section.use or cfg.federate.method.lower() == "fedbn":
+        if self.section.use:  # also set by `federate.method FedBN` (config/load.py writes fedbn.use)
             patterns += [p for p in NORM_PATTERNS if p not in patterns]
         self.patterns = tuple(patterns)
 

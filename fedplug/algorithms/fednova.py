@@ -50,9 +50,9 @@ class FedNova(Plugin):
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
-        prox_on = cfg.fedprox.use or cfg.federate.method.lower() == "fedprox"
         self.momentum: float = cfg.train.optimizer.momentum
-        self.mu: float = cfg.fedprox.mu if prox_on else 0.0
+        # fedprox.use is also set by `federate.method FedProx` (config/load.py)
+        self.mu: float = cfg.fedprox.mu if cfg.fedprox.use else 0.0
         self.reference = self.norm(cfg.train.local_update_steps, cfg.train.optimizer.lr)
 
     def norm(self, steps: int, lr: float) -> float:
