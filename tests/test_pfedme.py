@@ -182,3 +182,49 @@ def test_the_forward_hooks_run_once_per_inner_step(register, small_cfg, semantic
     ends = SEEN.count("end")
     assert ends == (2 if semantics == "paper" else 14)  # federatedscope: 3 epochs, 2 passes of 6 batches, then 2
     assert SEEN.count("forward") == (3 if semantics == "paper" else 1) * ends
+
+
+CALLS: list[tuple] = []
+BATCH_FIELDS = ("batch_index", "x_batch", "y_batch", "batch_size")
+
+
+class ScheduleProbe(Plugin):
+    """Records each epoch's permutation, each batch call's rows and position, and what outlives an epoch."""
+
+    name = "pf_schedule_probe"
+
+    def hooks(self) -> list[HookSpec]:
+        return [HookSpec("on_epoch_start", lambda ctx: CALLS.append(("epoch", ctx.batch_order.clone())), "pf_order",
+                         after=("_hook_on_epoch_start_shuffle",)),
+                HookSpec("on_batch_end", lambda ctx: CALLS.append(("call", ctx.batch_index.clone(), ctx.cur_batch_i)),
+                         "pf_rows"),
+                HookSpec("on_epoch_end", lambda ctx: CALLS.append(("left", [n for n in BATCH_FIELDS if n in vars(ctx)])),
+                         "pf_left")]
+
+
+def test_federatedscopes_batch_schedule_against_a_model_of_it(register, small_cfg) -> None:
+    """FederatedScope's pFedMe fetches the epoch permutation's next batch at every K-th call, calls counted over the
+    visit (so a batch may carry over an epoch's end), and reuses it in between; the loop's batch position and the
+    batch fields' lifetime stay as for any routine."""
+    register(ScheduleProbe)
+    CALLS.clear()
+    k, size = 2, 16
+    cfg = small_cfg(pfedme__use=True, pfedme__semantics="federatedscope", pf_schedule_probe__use=True,
+                    personalization__K=k, train__local_update_steps=2, dataloader__batch_size=size)
+    data, plan = build_data(cfg), build_plan(cfg)
+    runner = SequentialBackend(cfg, build_model(cfg, data.input_shape, plan), plan, data)
+    runner.train_client(0, 1, {n: t.clone() for n, t in runner.shared_parameters().items()})
+    calls, fetched, order, position, current, most = 0, 0, None, 0, None, 0
+    for event in CALLS:
+        if event[0] == "epoch":
+            order, fetched, position = event[1], 0, 0
+        elif event[0] == "call":
+            if calls % k == 0:
+                current, fetched = order[fetched * size:(fetched + 1) * size], fetched + 1
+                most = max(most, fetched)
+            assert torch.equal(event[1], current) and event[2] == position
+            calls, position = calls + 1, position + 1
+        else:
+            assert event[1] == []  # a reused batch's fields end with its call too
+    # client 0's 86 rows: a full pass of 6 calls (3 fetches), then 2 calls (1 fetch), 2 steps x K = 4 fetches
+    assert calls == 8 and most == 3
