@@ -68,6 +68,26 @@ def test_the_server_runs_weights_aggregate_receive_transform_update(register, sm
     assert REC["order"] == one_round * 2
 
 
+class Reporter(Plugin):
+    """A user's figures for each round's record, computed from the round's facts."""
+
+    name = "ct_reporter"
+
+    def report(self, facts: RoundFacts) -> dict[str, float]:
+        return {"ct_round_x10": 10.0 * facts.round_num, "ct_sampled": float(len(facts.sampled))}
+
+
+def test_a_plugins_report_reads_the_rounds_facts_into_every_record_and_the_summary(register, small_cfg) -> None:
+    import json
+
+    register(Reporter)
+    result = run(small_cfg(**{**FAST, "eval.freq": 1, "ct_reporter.use": True}))  # a record per round
+    records = [json.loads(line) for line in (Path(result["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["round"], r["ct_round_x10"], r["ct_sampled"]) for r in records] == \
+        [(r["round"], 10.0 * r["round"], 6.0) for r in records] and len(records) == 2
+    assert result["ct_round_x10"] == 20.0  # the last record's figures also reach the summary
+
+
 PLAN_TAIL = """\
 client gradient point (after backward, before clipping and the optimizer step):
   transform_gradients [scaffold]
