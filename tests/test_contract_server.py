@@ -38,14 +38,14 @@ class OrderA(Plugin):
         return {n: torch.stack([u.params[n] for u in uploads]).mean(0) for n in uploads[0].params}
 
     def receive(self, facts: RoundFacts) -> None:
-        REC["order"].append(f"receive {self.name}")
+        REC["order"].append(f"receive {self.name} (round {facts.round_num})")
 
     def transform_aggregate(self, old, aggregate, facts):
-        REC["order"].append(f"transform {self.name}")
+        REC["order"].append(f"transform {self.name} (round {facts.round_num})")
         return aggregate
 
     def server_update(self, old, aggregate, facts):
-        REC["order"].append(f"update {self.name}")
+        REC["order"].append(f"update {self.name} (round {facts.round_num})")
         return aggregate
 
 
@@ -63,9 +63,11 @@ class OrderB(Plugin):
 def test_the_server_runs_weights_aggregate_receive_transform_update(register, small_cfg) -> None:
     register(OrderB, OrderA)
     run(small_cfg(**{**FAST, "ct_order_a.use": True, "ct_order_b.use": True}))
-    one_round = ["weights ct_order_a"] * 6 + ["aggregate ct_order_a", "receive ct_order_a", "receive ct_order_b",
-                                              "transform ct_order_a", "transform ct_order_b", "update ct_order_a"]
-    assert REC["order"] == one_round * 2
+    def one_round(r: int) -> list[str]:  # each server step gets the round's facts
+        return ["weights ct_order_a"] * 6 + ["aggregate ct_order_a", f"receive ct_order_a (round {r})",
+                                             "receive ct_order_b", f"transform ct_order_a (round {r})",
+                                             "transform ct_order_b", f"update ct_order_a (round {r})"]
+    assert REC["order"] == one_round(1) + one_round(2)
 
 
 class Reporter(Plugin):
