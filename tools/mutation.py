@@ -61,7 +61,7 @@ CAMPAIGN: dict[str, list[str]] = {
     "fedplug/core/fused.py": ["tests/test_fused.py"],
     "fedplug/core/module_calls.py": ["tests/test_module_calls.py", "tests/test_fused.py"],
     "fedplug/core/compose.py": ["tests/test_composition.py", "tests/test_plan.py", "tests/test_contract_weights.py",
-                                "tests/test_contract_server.py", COMBINATIONS,
+                                "tests/test_contract_server.py", "tests/test_contract_refusals.py", COMBINATIONS,
                                 "tests/test_contract_travel.py::test_extras_travel_and_reduce_as_computed_by_hand_in_both_backends"],
     "fedplug/algorithms/fedprox.py": ["tests/test_distributed_optimization.py", COMBINATIONS, "tests/test_builtin_hooks.py",
                                       VECTORIZED],
