@@ -20,8 +20,8 @@ from opacus.accountants.rdp import RDPAccountant
 from fedplug.algorithms.adaptive_clip import AdaptiveClip, update_noise_multiplier
 from fedplug.algorithms.dp import clip_update, noised_mean, update_norm
 from fedplug.algorithms.dp_accountant import epsilon
-from fedplug.core.messages import RoundFacts, Upload
-from fedplug.core.plugin import LocalView, Plugin
+from fedplug.core.messages import Messages, RoundFacts, Upload, UpSpec, scalar
+from fedplug.core.plugin import LocalView, Params, Plugin
 from fedplug.errors import UserError
 from fedplug.run import checkpoint
 from fedplug.run.plan import build_plan, describe_plan
@@ -279,10 +279,22 @@ def test_an_update_at_the_clip_counts_as_unclipped(small_cfg) -> None:
     assert (sent(5.0), sent(4.9)) == (0.5, -0.5)  # b_k - 1/2, b_k = 1 when the norm is at most the clip
 
 
-def test_refusal_names_what_the_other_plugin_would_send_in_the_clear(small_cfg) -> None:
+class TwoUps(Plugin):
+    """A user's plug-in sending two tensors up besides the model."""
+
+    name = "dp_two_ups"
+
+    def messages(self, shared: Params) -> Messages:
+        return Messages(up={"norm": UpSpec(scalar(), "sum"), "count": UpSpec(scalar(), "sum")})
+
+
+@pytest.mark.parametrize("other, sends", [("scaffold", "<parameter>"), ("dp_two_ups", "count, norm")])
+def test_refusal_names_what_the_other_plugin_would_send_in_the_clear(small_cfg, register, other: str,
+                                                                    sends: str) -> None:
+    register(TwoUps)
     with pytest.raises(UserError) as refused:
-        build_plan(small_cfg(**DP, scaffold__use=True))
-    assert str(refused.value).endswith("scaffold sends <parameter> up besides the model, which DP-FedAvg neither "
+        build_plan(small_cfg(**DP, **{f"{other}__use": True}))
+    assert str(refused.value).endswith(f"{other} sends {sends} up besides the model, which DP-FedAvg neither "
                                        "clips nor noises: the server would see them in the clear")
 
 
