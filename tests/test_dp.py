@@ -20,8 +20,8 @@ from opacus.accountants.rdp import RDPAccountant
 from fedplug.algorithms.adaptive_clip import AdaptiveClip, update_noise_multiplier
 from fedplug.algorithms.dp import clip_update, noised_mean, update_norm
 from fedplug.algorithms.dp_accountant import epsilon
-from fedplug.core.messages import RoundFacts, Upload
-from fedplug.core.plugin import Plugin
+from fedplug.core.messages import Messages, RoundFacts, Upload, UpSpec, scalar
+from fedplug.core.plugin import LocalView, Params, Plugin
 from fedplug.errors import UserError
 from fedplug.run import checkpoint
 from fedplug.run.plan import build_plan, describe_plan
@@ -241,3 +241,67 @@ def test_dp_off_is_not_imported() -> None:
             "if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
     assert out.strip() == "[]"
+
+
+# -- the mechanism's edges (mutation testing) --------------------------------------------------------
+def test_norm_is_summed_in_float64_and_an_update_at_the_bound_goes_as_it_is() -> None:
+    huge = {"a": torch.tensor([3e20, 4e20])}  # float32 squares overflow to inf
+    assert float(update_norm(huge, {"a": torch.zeros(2)})) == pytest.approx(5e20, rel=1e-6)
+    received, params = {"a": torch.zeros(2)}, {"a": torch.tensor([3.0, 4.0])}
+    assert clip_update(params, received, 5.0) is params  # norm exactly the clip: not clipped
+
+
+def test_fewer_arrive_from_a_nonzero_global_and_the_noise_of_float64_parameters() -> None:
+    old, aggregate = {"w": torch.ones(3)}, {"w": torch.tensor([2.0, 3.0, 5.0])}
+    half = noised_mean(old, aggregate, 2, 4, 0.0, generator(0, DP_NOISE, 1))  # old + 2/4 (aggregate - old)
+    torch.testing.assert_close(half["w"], torch.tensor([1.5, 2.0, 3.0]))
+    zero = {"w": torch.zeros(5, dtype=torch.float64)}
+    noised = noised_mean(zero, zero, 2, 2, 3.0, generator(0, DP_NOISE, 1))["w"]
+    assert torch.equal(noised, torch.randn(5, generator=generator(0, DP_NOISE, 1), dtype=torch.float64) * 1.5)
+
+
+def test_plugin_transform_when_fewer_arrive(small_cfg) -> None:
+    plugin = build_plan(small_cfg(**DP)).plugins[0]
+    old, aggregate = {"w": torch.ones(4)}, {"w": torch.arange(4.0)}
+    got = plugin.transform_aggregate(old, aggregate, RoundFacts(2, 12, tuple(range(6)), old, received=[0, 1, 2]))
+    want = noised_mean(old, aggregate, 3, 6, 1.0 * 0.5, generator(plugin.cfg.seed, DP_NOISE, 2))  # sigma z * clip
+    assert torch.equal(got["w"], want["w"])
+
+
+def test_an_update_at_the_clip_counts_as_unclipped(small_cfg) -> None:
+    plugin = build_plan(small_cfg(**DP, dp__adaptive_clip__use=True, dp__adaptive_clip__count_noise=1.0)).plugins[0]
+
+    def sent(clip: float) -> float:
+        view = LocalView({"a": torch.tensor([3.0, 4.0])}, {"a": torch.zeros(2)},
+                         {"clip": torch.tensor(clip, dtype=torch.float64)}, {}, 0.1)
+        return float(plugin.client_upload(view)["unclipped"])
+
+    assert (sent(5.0), sent(4.9)) == (0.5, -0.5)  # b_k - 1/2, b_k = 1 when the norm is at most the clip
+
+
+class TwoUps(Plugin):
+    """A user's plug-in sending two tensors up besides the model."""
+
+    name = "dp_two_ups"
+
+    def messages(self, shared: Params) -> Messages:
+        return Messages(up={"norm": UpSpec(scalar(), "sum"), "count": UpSpec(scalar(), "sum")})
+
+
+@pytest.mark.parametrize("other, sends", [("scaffold", "<parameter>"), ("dp_two_ups", "count, norm")])
+def test_refusal_names_what_the_other_plugin_would_send_in_the_clear(small_cfg, register, other: str,
+                                                                    sends: str) -> None:
+    register(TwoUps)
+    with pytest.raises(UserError) as refused:
+        build_plan(small_cfg(**DP, **{f"{other}__use": True}))
+    assert str(refused.value).endswith(f"{other} sends {sends} up besides the model, which DP-FedAvg neither "
+                                       "clips nor noises: the server would see them in the clear")
+
+
+def test_plan_prints_the_adaptive_clip_line(small_cfg) -> None:
+    cfg = small_cfg(**DP, dp__adaptive_clip__use=True, dp__adaptive_clip__count_noise=1.0)
+    lines = describe_plan(build_plan(cfg)).splitlines()
+    a = cfg.dp.adaptive_clip
+    z = update_noise_multiplier(1.0, 1.0)
+    assert (f"  transform          clip <- clip * exp(-{a.lr} * (b - {a.target_quantile})), b = (sum(b_k - 1/2) + "
+            f"N(0, 1.0^2)) / expected + 1/2; update noise multiplier {z:.4g} [dp]") in lines

@@ -12,6 +12,7 @@ import torch
 from fedplug.algorithms.ditto import Ditto
 from fedplug.backends.sequential import SequentialBackend
 from fedplug.backends.vectorized import VectorizedBackend
+from fedplug.core.dropout import SeededDropout
 from fedplug.core.trainer import Trainer
 from fedplug.data import build_data
 from fedplug.errors import ConfigError
@@ -34,11 +35,11 @@ def grad_f(params: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, tor
     return dict(zip(w, torch.autograd.grad(loss, list(w.values()))))
 
 
-def tiny_trainer(cfg, seed: int) -> tuple[torch.nn.Module, Trainer, list]:
-    """A Linear(3, 2) trained through the plan's tables; each batch's (routine, rows) recorded at its end."""
+def tiny_trainer(cfg, seed: int, make=lambda: torch.nn.Linear(3, 2)) -> tuple[torch.nn.Module, Trainer, list]:
+    """A model (Linear(3, 2)) trained through the plan's tables; each batch's (routine, rows) recorded at its end."""
     plan = build_plan(cfg)
     torch.manual_seed(seed)
-    model = torch.nn.Linear(3, 2)
+    model = make()
     for plugin in plan.plugins:
         model = plugin.wrap_model(model, None)
     trainer = Trainer(model, cfg)
@@ -52,11 +53,25 @@ def tiny_trainer(cfg, seed: int) -> tuple[torch.nn.Module, Trainer, list]:
     return model, trainer, [seen, plan]
 
 
-def test_ditto_alternates_personal_and_global_batches_each_epoch_from_one_loader(small_cfg) -> None:
+# 6 rows, 3 steps of each model. Per batch: (who, pass, its first batch_size rows or the rest), the passes drawn in
+# order from the client's generator. Two batches a pass (batch 3, 4 or 5): epochs of P P G G (w's first batch
+# starts a new pass), then a last epoch P G (w continues v's pass).
+TWO_A_PASS = [("P", 0, "head"), ("P", 0, "tail"), ("G", 1, "head"), ("G", 1, "tail"), ("P", 2, "head"),
+              ("G", 2, "tail")]
+# drop_last with batch 4: one full batch a pass (the 2 rows left are dropped), so three epochs of P G, a pass each.
+ONE_A_PASS = [(who, i, "head") for i, who in enumerate("PGPGPG")]
+
+
+@pytest.mark.parametrize("batch_size, drop_last, momentum, schedule", [
+    (4, False, 0.0, TWO_A_PASS), (3, False, 0.9, TWO_A_PASS), (5, False, 0.9, TWO_A_PASS),
+    (4, True, 0.9, ONE_A_PASS)], ids=["batch4", "batch3-divides-momentum", "batch5-one-left-momentum",
+                                      "batch4-drop-last-momentum"])
+def test_ditto_alternates_personal_and_global_batches_each_epoch_from_one_loader(
+        small_cfg, batch_size: int, drop_last: bool, momentum: float, schedule: list) -> None:
     plr, lr, lam = 0.3, 0.05, 0.7
-    # 6 rows in batches of 4: two batches a pass; 3 steps each: epochs of P P G G, then a last epoch P G.
-    cfg = small_cfg(federate__method="Ditto", ditto__semantics="federatedscope", dataloader__batch_size=4,
-                    train__local_update_steps=3, train__optimizer__lr=lr, personalization__local_update_steps=3,
+    cfg = small_cfg(federate__method="Ditto", ditto__semantics="federatedscope", dataloader__batch_size=batch_size,
+                    dataloader__drop_last=drop_last, train__local_update_steps=3, train__optimizer__lr=lr,
+                    train__optimizer__momentum=momentum, personalization__local_update_steps=3,
                     personalization__lr=plr, personalization__regular_weight=lam)
     model, trainer, (seen, plan) = tiny_trainer(cfg, 0)
     initial = clone(dict(model.named_parameters()))
@@ -68,23 +83,74 @@ def test_ditto_alternates_personal_and_global_batches_each_epoch_from_one_loader
     result = trainer.train(X, Y, torch.Generator().manual_seed(1), client_id=0, client_states=states,
                            global_params=clone(received), trainer=trainer)
 
-    assert [who for who, _ in seen] == ["P", "P", "G", "G", "P", "G"]
+    assert [who for who, _ in seen] == [who for who, _, _ in schedule]
     g = torch.Generator().manual_seed(1)
-    passes = [torch.randperm(6, generator=g) for _ in range(3)]  # epoch 0 (P), its refill (G), epoch 1 (P then G)
-    expected = [passes[0][:4], passes[0][4:], passes[1][:4], passes[1][4:], passes[2][:4], passes[2][4:]]
+    passes = [torch.randperm(6, generator=g) for _ in range(schedule[-1][1] + 1)]
+    expected = [passes[i][:batch_size] if part == "head" else passes[i][batch_size:] for _, i, part in schedule]
     assert all(torch.equal(rows, want) for (_, rows), want in zip(seen, expected))
-    # Replay: v pulled toward the received w (frozen), w by plain SGD, in the recorded order.
+    # Replay: v pulled toward the received w (frozen), w by plain SGD, in the recorded order; each model's
+    # momentum lives for the whole visit (v's optimizer is kept across the epochs' personal batches).
     v, w = clone(initial), clone(received)
+    v_buf: dict = {}
+    w_buf: dict = {}
     for who, rows in seen:
+        params, buf, rate = (v, v_buf, plr) if who == "P" else (w, w_buf, lr)
+        grad = grad_f(params, rows)
         if who == "P":
-            grad = grad_f(v, rows)
-            v = {k: v[k] - plr * (grad[k] + lam * (v[k] - received[k])) for k in v}
-        else:
-            grad = grad_f(w, rows)
-            w = {k: w[k] - lr * grad[k] for k in w}
+            grad = {k: grad[k] + lam * (v[k] - received[k]) for k in v}
+        for k in params:
+            buf[k] = grad[k] if k not in buf else momentum * buf[k] + grad[k]
+            params[k] = params[k] - rate * buf[k]
     assert all(torch.allclose(states["ditto"][k], v[k], atol=1e-6) for k in v)
     assert all(torch.allclose(p, w[k], atol=1e-6) for k, p in model.named_parameters())
-    assert result["train_total"] == 4 + 2 + 2  # w's samples only weight the upload
+    assert result["train_total"] == (12 if drop_last else 12 - batch_size)  # w's samples only weight the upload
+
+
+def ditto_fs_cfg(small_cfg, **over):
+    return small_cfg(federate__method="Ditto", ditto__semantics="federatedscope", dataloader__batch_size=4,
+                     train__local_update_steps=3, personalization__local_update_steps=3, **over)
+
+
+def test_ditto_dropout_masks_come_from_the_clients_generator_in_both_models_updates(small_cfg) -> None:
+    """v's update inside w's epoch start hands the client's generator on too: torch's global one changes nothing."""
+    def make() -> torch.nn.Module:
+        return torch.nn.Sequential(torch.nn.Linear(3, 8), SeededDropout(0.5), torch.nn.Linear(8, 2))
+
+    results = []
+    for global_seed in (0, 1):
+        model, trainer, (_, plan) = tiny_trainer(ditto_fs_cfg(small_cfg), 0, make)
+        states = {name: {} for name in plan.names}
+        torch.manual_seed(global_seed)
+        trainer.train(X, Y, torch.Generator().manual_seed(1), client_id=0, client_states=states,
+                      global_params=clone(dict(model.named_parameters())), trainer=trainer)
+        results.append((clone(dict(model.named_parameters())), states["ditto"]))
+    (w0, v0), (w1, v1) = results
+    assert all(torch.equal(w0[k], w1[k]) and torch.equal(v0[k], v1[k]) for k in w0)
+
+
+def test_ditto_stream_batch_fields_end_with_the_batch_in_both_models_updates(small_cfg) -> None:
+    """The loader's batch (rows, x, y, size) is batch-scoped, as the core gather's: kept to the epoch's end it
+    would hold the batch's memory, and a hook there would read a stale batch."""
+    fields = ("batch_index", "x_batch", "y_batch", "batch_size")
+    model, trainer, (seen, plan) = tiny_trainer(ditto_fs_cfg(small_cfg), 0)
+    at_epoch_end: list = []
+
+    def look(ctx) -> None:
+        at_epoch_end.append({n for n in fields if n in vars(ctx)})
+
+    trainer.hooks["train"].add("on_epoch_end", look, "look")
+    next(p for p in plan.plugins if isinstance(p, Ditto)).personal_table.add("on_epoch_end", look, "look")
+    trainer.train(X, Y, torch.Generator().manual_seed(1), client_id=0, client_states={n: {} for n in plan.names},
+                  global_params=clone(dict(model.named_parameters())), trainer=trainer)
+    assert len(seen) == 6 and at_epoch_end == [set()] * 4  # 2 epochs of w, each with one epoch of v
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_ditto_federatedscope_with_the_data_in_host_memory_on_a_gpu(small_cfg) -> None:
+    """The loader's batches are moved to the model's device (data.placement host: pinned host memory)."""
+    over = dict(federate__method="Ditto", ditto__semantics="federatedscope", device="cuda", federate__total_round_num=2)
+    host, on_device = run(small_cfg(**over, data__placement="host")), run(small_cfg(**over, data__placement="device"))
+    assert {k: host[k] for k in ("val_loss", "test_acc")} == {k: on_device[k] for k in ("val_loss", "test_acc")}
 
 
 def make_backend(cfg, cls=SequentialBackend):
