@@ -153,3 +153,53 @@ def test_plugins_key_must_be_a_list_of_names(tmp_path: Path) -> None:
     cfg_file.write_text("plugins: 5\n")
     with pytest.raises(ConfigError, match="config key 'plugins' expects list of str, got 5"):
         load_config(cfg_file)
+
+
+def test_a_hook_before_one_core_hook_is_ordered_with_the_core_hooks_after_it() -> None:
+    """The core hooks at one point run in a fixed order, so a hook before the first is before the rest too: it may
+    write what a later core hook writes (eval's on_batch_end: the counts, then the correct count)."""
+    early = HookSpec("on_batch_end", noop, "hook_a", routine="eval", before=("_hook_on_batch_end",),
+                     writes=("num_correct",))
+    plan = compose([Dummy("alpha", hooks=[early])])
+    assert plan.tables["eval"].names("on_batch_end") == ["hook_a", "_hook_on_batch_end",
+                                                         "_hook_on_batch_end_count_correct"]
+    late = HookSpec("on_batch_end", noop, "hook_a", routine="eval", after=("_hook_on_batch_end",),
+                    writes=("num_correct",))  # after the first core hook says nothing about the second
+    with pytest.raises(CompositionError, match="core and alpha both write ctx.num_correct at eval/on_batch_end "
+                                               "\\(hooks '_hook_on_batch_end_count_correct' and 'hook_a'\\)"):
+        compose([Dummy("alpha", hooks=[late])])
+
+
+def test_a_conflict_is_found_whatever_the_plugins_other_hooks_and_named_core_first() -> None:
+    elsewhere = HookSpec("on_fit_end", noop, "hook_end")  # declared first, at another point
+    clash = HookSpec("on_batch_forward", noop, "hook_a", writes=("loss_task",))
+    later = HookSpec("on_batch_forward", noop, "hook_b", after=("hook_a",), writes=("beta_field",))
+    with pytest.raises(CompositionError, match="^core and alpha both write ctx.loss_task at train/on_batch_forward "
+                                               "\\(hooks '_hook_on_batch_forward' and 'hook_a'\\)"):
+        compose([Dummy("alpha", hooks=[elsewhere, clash]), Dummy("beta", hooks=[later])])
+
+
+def test_a_replacing_hook_may_write_what_the_replaced_core_hook_wrote() -> None:
+    forward = HookSpec("on_batch_forward", noop, "my_forward", replaces="_hook_on_batch_forward",
+                       writes=("y_prob", "loss_batch", "loss_task"))
+    plan = compose([Dummy("alpha", hooks=[forward])])
+    assert plan.tables["train"].names("on_batch_forward") == ["my_forward"]
+
+
+class InfiniteWeigher(Dummy):
+    def client_weight(self, upload) -> float:
+        return float("inf")
+
+
+def test_a_weight_that_is_not_positive_and_finite_is_refused_naming_who_gave_it() -> None:
+    from fedplug.config import load_config
+    from fedplug.core.messages import Upload
+    from fedplug.errors import UserError
+
+    upload = Upload(3, {}, {"train_total": 0, "train_steps": 4, "train_loss": 1.0})
+    with pytest.raises(UserError, match="^aggregator.weighting samples gave client 3 the aggregation weight 0.0: "
+                                        "weights must be positive and finite$"):
+        build_plan(load_config(None, {})).weight(upload)
+    assert build_plan(load_config(None, {"aggregator.weighting": "steps"})).weight(upload) == 4.0
+    with pytest.raises(UserError, match="^w_inf gave client 3 the aggregation weight inf"):
+        compose([InfiniteWeigher("w_inf", roles=("weighting",))]).weight(upload)

@@ -191,7 +191,6 @@ def _check_writes(routine: str, table: HookTable, specs: list[tuple[Plugin, Hook
             if spec.trigger != trigger:
                 continue
             edges |= {(a, spec.name) for a in spec.after} | {(spec.name, b) for b in spec.before}
-            writers = [w for w in writers if w[0] != spec.replaces]
             writers.append((spec.name, plugin.name, set(spec.writes)))
         for i, (name_a, owner_a, fields_a) in enumerate(writers):
             for name_b, owner_b, fields_b in writers[i + 1:]:
