@@ -203,3 +203,21 @@ def test_a_weight_that_is_not_positive_and_finite_is_refused_naming_who_gave_it(
     assert build_plan(load_config(None, {"aggregator.weighting": "steps"})).weight(upload) == 4.0
     with pytest.raises(UserError, match="^w_inf gave client 3 the aggregation weight inf"):
         compose([InfiniteWeigher("w_inf", roles=("weighting",))]).weight(upload)
+
+
+def placed(plan, trigger: str = "on_batch_end") -> list[tuple[str, str]]:
+    return [(h.name, h.owner) for t, hooks in plan.tables["eval"] if t == trigger for h in hooks]
+
+
+def test_hooks_are_placed_between_their_anchors_each_owned_by_its_plugin() -> None:
+    """Eval's on_batch_end holds two core hooks: `after` the first, `before` the second, or both (adjacent anchors)
+    put a hook between them, not at the end; an anchor on another plug-in's hook waits for that hook."""
+    end, count = "_hook_on_batch_end", "_hook_on_batch_end_count_correct"
+    between = [(end, "core"), ("hook_a", "alpha"), (count, "core")]
+    for anchors in ({"after": (end,)}, {"before": (count,)}, {"after": (end,), "before": (count,)}):
+        spec = HookSpec("on_batch_end", noop, "hook_a", routine="eval", **anchors)
+        assert placed(compose([Dummy("alpha", hooks=[spec])])) == between, anchors
+    first = HookSpec("on_batch_end", noop, "hook_b", routine="eval", after=("hook_a",))  # declared before its anchor
+    second = HookSpec("on_batch_end", noop, "hook_a", routine="eval", after=(end,))
+    assert placed(compose([Dummy("beta", hooks=[first]), Dummy("alpha", hooks=[second])])) == \
+        [(end, "core"), ("hook_a", "alpha"), ("hook_b", "beta"), (count, "core")]
