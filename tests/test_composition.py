@@ -221,3 +221,16 @@ def test_hooks_are_placed_between_their_anchors_each_owned_by_its_plugin() -> No
     second = HookSpec("on_batch_end", noop, "hook_a", routine="eval", after=(end,))
     assert placed(compose([Dummy("beta", hooks=[first]), Dummy("alpha", hooks=[second])])) == \
         [(end, "core"), ("hook_a", "alpha"), ("hook_b", "beta"), (count, "core")]
+
+
+class Picky(Dummy):
+    def refuses(self, other: Plugin) -> str:
+        return f"{self.name} cannot train next to {other.name}: a test's reason"
+
+
+def test_a_pair_a_plugin_refuses_is_refused_with_its_sentence_and_no_plugin_refuses_itself() -> None:
+    plan = compose([Picky("picky")])  # alone: a plug-in is never asked about itself
+    assert [p.name for p in plan.plugins] == ["picky"]
+    with pytest.raises(CompositionError, match="^picky and other cannot be combined: picky cannot train next to other: "
+                                               "a test.s reason$"):
+        compose([Picky("picky"), Dummy("other")])
