@@ -170,6 +170,22 @@ def test_broadcast_sending_what_messages_did_not_declare_is_refused(register, sm
     assert str(err.value) == f"ct_down.broadcast() sent {text}, but its messages() declares ['a'] going down"
 
 
+class UndeclaredDown(Plugin):
+    """Sends a tensor down without any messages() at all."""
+
+    name = "ct_undeclared"
+
+    def broadcast(self, facts: RoundFacts) -> Params:
+        return {"a": torch.tensor(1.0, dtype=torch.float64)}
+
+
+def test_broadcast_from_a_plugin_without_messages_is_refused(register, small_cfg) -> None:
+    register(UndeclaredDown)
+    with pytest.raises(UserError) as err:
+        run(small_cfg(**{**FAST, "ct_undeclared.use": True}))
+    assert str(err.value) == "ct_undeclared.broadcast() sent ['a'], but its messages() declares [] going down"
+
+
 class WrongUp(Plugin):
     name = "ct_up"
     sends: tuple = ("a", "z")
