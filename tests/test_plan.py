@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from test_contract_weights import plan_text
+
 ROOT = Path(__file__).resolve().parents[1]
 
 EXPECTED = """\
@@ -87,12 +89,11 @@ def test_plan_of_fedprox_fedopt_ditto() -> None:
     assert plan("fedprox.use", "True", "fedopt.use", "True", "ditto.use", "True") == EXPECTED_FEDPROX_FEDOPT_DITTO
 
 
-
 SERVER_LINES = {  # a plug-in's own lines of the server pipeline, with non-default settings where it has them
     "fedopt/sgd": ({"fedopt.use": True, "fedopt.optimizer.lr": 0.5, "fedopt.optimizer.momentum": 0.9}, [
         "  update             global <- SGD(lr 0.5, momentum 0.9) step on delta = aggregate - global [fedopt]"]),
     "fedopt/adam": ({"fedopt.use": True, "fedopt.optimizer.type": "Adam", "fedopt.optimizer.lr": 0.03,
-                "fedopt.optimizer.betas": [0.8, 0.95], "fedopt.optimizer.eps": 0.01}, [
+                     "fedopt.optimizer.betas": [0.8, 0.95], "fedopt.optimizer.eps": 0.01}, [
         "  update             global <- Adam(lr 0.03, betas [0.8, 0.95], eps 0.01) step on delta = aggregate - global "
         "[fedopt]"]),
     "scaffold": ({"scaffold.use": True}, [
@@ -122,13 +123,9 @@ SERVER_LINES = {  # a plug-in's own lines of the server pipeline, with non-defau
 
 
 @pytest.mark.parametrize("name", list(SERVER_LINES))
-def test_plan_shows_each_server_side_plugins_step_with_its_settings(name: str) -> None:
-    """In this process (mutation testing sees what the code under test runs here, not in a `fedplug plan` child)."""
-    from fedplug.config import load_config
-    from fedplug.run.plan import build_plan, describe_plan
-
+def test_plan_shows_each_server_side_plugins_step_with_its_settings(capsys, name: str) -> None:
+    """`fedplug plan` in this process (mutation testing sees what the code under test runs here, not in a child)."""
     keys, expected = SERVER_LINES[name]
-    lines = describe_plan(build_plan(load_config(None, keys))).splitlines()
-    server = lines[lines.index("server (in this order):") + 1:]
+    server = plan_text(capsys, *(word for key, value in keys.items() for word in (key, str(value)))).split("server (in this order):\n")[1].splitlines()
     owner = name.split("/")[0]
     assert [line for line in server if line.endswith(f"[{owner}]")] == expected
