@@ -30,6 +30,17 @@ def _sample(num_clients: int, k: int, seed: int, r: int) -> list[int]:
                   .tolist())
 
 
+def sgd_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, order: torch.Tensor,
+              batch_size: int) -> None:
+    """One client's epoch: the rows of `order` in batches, one SGD step each (also visit_before_after.py's)."""
+    for start in range(0, x.shape[0], batch_size):
+        idx = order[start:start + batch_size]
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
 def plain_loop(x: torch.Tensor, y: torch.Tensor, offsets: list[int], rounds: int, per_round: int, classes: int,
                batch_size: int = 20, lr: float = 0.1, seed: int = 0) -> dict:
     """One model, one client after another, one epoch of batches each (torch.optim.SGD)."""
@@ -46,12 +57,7 @@ def plain_loop(x: torch.Tensor, y: torch.Tensor, offsets: list[int], rounds: int
                     p.copy_(g)
             xc, yc = x[offsets[c]:offsets[c + 1]], y[offsets[c]:offsets[c + 1]]
             order = torch.randperm(xc.shape[0], generator=torch.Generator().manual_seed(seed_for(seed, 2, r, c)))
-            for start in range(0, xc.shape[0], batch_size):
-                idx = order[start:start + batch_size]
-                loss = F.cross_entropy(model(xc[idx]), yc[idx])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+            sgd_epoch(model, opt, xc, yc, order, batch_size)
             for s, p in zip(sums, model.parameters()):
                 s.add_(p.detach(), alpha=xc.shape[0])
             total += xc.shape[0]

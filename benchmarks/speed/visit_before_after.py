@@ -24,13 +24,12 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench_before_after import old_package  # noqa: E402
 from lr_workload import lr_config, lr_workload  # noqa: E402
-from plain_lr import seed_for  # noqa: E402
+from plain_lr import seed_for, sgd_epoch  # noqa: E402
 
 from fedplug.config.load import dotted  # noqa: E402
 from fedplug.data.federated import FederatedData  # noqa: E402
@@ -78,12 +77,8 @@ def plain_visit(data: FederatedData, batches: bool) -> Callable[[], object]:
             for p, g in zip(model.parameters(), global_params):
                 p.copy_(g)
         order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed_for(0, 2, ROUND, CLIENT)))
-        for start in range(0, x.shape[0] if batches else 0, 20):
-            idx = order[start:start + 20]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        if batches:
+            sgd_epoch(model, opt, x, y, order, 20)
         for s, p in zip(sums, model.parameters()):
             s.add_(p.detach(), alpha=x.shape[0])
 
