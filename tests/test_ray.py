@@ -32,7 +32,8 @@ RAY = {"federate.backend": "ray", "ray.num_workers": 2, "threads": 1}
 def local_ray():
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # `local`: never a cluster another run left in /tmp/ray/ray_current_cluster (None would join it)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -164,6 +165,35 @@ def test_an_address_nothing_answers_at_is_one_line() -> None:
     with pytest.raises(UserError, match=r"nothing answers at ray.address 127.0.0.1:1 .*ray start --head"):
         check_reachable("127.0.0.1:1")
     check_reachable("auto")  # left to Ray
+
+
+def test_empty_address_starts_a_local_ray_whatever_ray_address_says(small_cfg, monkeypatch) -> None:
+    """Ray's ray.init() with no address joins RAY_ADDRESS, or the machine's last `ray start` even when it is gone."""
+    from fedplug.backends import ray_backend
+    from fedplug.data import build_data
+    from fedplug.models import build_model
+    from fedplug.run.plan import build_plan
+
+    calls: list[dict] = []
+
+    class NotStarted:  # Ray as it is before ray.init: record the call and stop there
+        @staticmethod
+        def is_initialized() -> bool:
+            return False
+
+        @staticmethod
+        def init(**kwargs) -> None:
+            calls.append(kwargs)
+            raise ConnectionError("stopped by the test")
+
+    monkeypatch.setattr(ray_backend, "import_ray", lambda: NotStarted)
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    for address, joins in (("", "local"), ("auto", "auto")):
+        cfg = small_cfg(**RAY, ray__address=address)
+        plan, data = build_plan(cfg), build_data(cfg)
+        with pytest.raises(UserError, match=r"^federate.backend ray: cannot start or join Ray at .*stopped by"):
+            ray_backend.RayBackend(cfg, build_model(cfg, data.input_shape, plan), plan, data)
+        assert calls.pop()["address"] == joins
 
 
 def test_without_ray_one_line_names_the_extra(small_cfg, monkeypatch) -> None:

@@ -102,7 +102,9 @@ class RayBackend:
             # Ray's coming default (it no longer hides GPUs from actors reserving none): ray_worker.py decides
             os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
             try:
-                self.ray.init(address=cfg.ray.address or None, include_dashboard=False, log_to_driver=False,
+                # Empty is `local`, not None: None would join whatever RAY_ADDRESS or the machine's last
+                # `ray start` (/tmp/ray/ray_current_cluster, even a dead one) names; `auto` asks for that.
+                self.ray.init(address=cfg.ray.address or "local", include_dashboard=False, log_to_driver=False,
                               logging_level=logging.WARNING)
             except Exception as error:  # noqa: BLE001  (ConnectionError, ValueError, RuntimeError: all one line)
                 raise UserError(f"federate.backend ray: cannot start or join Ray at {self.address}: "

@@ -59,8 +59,8 @@ register_section("federate", Section("the federation: rounds, clients, sampling"
 
 register_section("ray", Section("federate.backend ray: the round's clients spread over Ray workers "
                                 "(docs/scale-out.md; needs the extra: pip install 'fedplug[ray]')", {
-    "address": Key("", "the Ray cluster: empty starts a local Ray for the run; auto or HOST:PORT joins a running "
-                   "cluster (`ray start --head`)"),
+    "address": Key("", "the Ray cluster: empty starts a new local Ray for the run (whatever RAY_ADDRESS says); auto "
+                   "joins the one RAY_ADDRESS or this machine's last `ray start` names; HOST:PORT joins that one"),
     "num_workers": Key(2, "Ray actors, each holding one model and running `inner` on its share of a round's "
                        "clients", **_positive),
     "inner": Key("sequential", "the backend each worker runs on its share: sequential (the reference numbers) or "
