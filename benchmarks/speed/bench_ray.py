@@ -53,7 +53,7 @@ def fedplug_runs(clients: int, per_round: int, rounds: int) -> dict[str, dict]:
     import ray
 
     data = workload(clients)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         results = {}
         for name, (backend, extra) in CONTENDERS.items():
