@@ -94,7 +94,8 @@ TRIM = [[1.0, 10.0], [4.0, -3.0], [2.0, 0.0], [8.0, 1.0], [-6.0, 2.0]]  # sorted
 @pytest.mark.parametrize("keys", [{"f": 1}, {"f": 0, "aggregator__excluded_ratio": 0.25}], ids=["f", "beta"])
 def test_trimmed_mean_by_hand(small_cfg, keys) -> None:
     """k = 1 (f = 1, or floor(0.25 * 5)): each coordinate keeps its 3 middle values."""
-    cfg = uniform(small_cfg, "trimmedmean", keys.pop("f"), **keys)
+    f, others = keys["f"], {k: v for k, v in keys.items() if k != "f"}  # the parameters are shared: not popped
+    cfg = uniform(small_cfg, "trimmedmean", f, **others)
     assert close(aggregate(cfg, TRIM)[0], [(1 + 2 + 4) / 3, (0 + 1 + 2) / 3])
     weighted = small_cfg(aggregator__rule="trimmedmean", aggregator__byzantine_node_num=1)
     samples = [10, 20, 30, 40, 50]  # kept: x (1, 2, 4) of clients 0, 2, 1; y (0, 1, 2) of clients 2, 3, 4
