@@ -114,11 +114,11 @@ SERVER_LINES = {  # a plug-in's own lines of the server pipeline, with non-defau
         "  transform          new = old + (|received| * (aggregate - old) + N(0, (z * clip)^2)) / expected clients, "
         "z = 1, clip 0.5 (after the aggregate, before the update) [dp]"]),
     "krum": ({"aggregator.rule": "krum", "aggregator.byzantine_node_num": 1, "federate.sample_client_num": 10}, [
-        "  aggregate          Krum: the upload with the lowest Krum score (aggregator.rule krum, f = 1; every upload "
-        "kept) [krum]"]),
+        "  aggregate          Krum: the upload with the lowest Krum score (aggregator.rule krum, f = 1; uploads held "
+        "until the round ends) [krum]"]),
     "normbounding": ({"aggregator.rule": "normbounding", "aggregator.norm_bound": 2.0}, [
         "  aggregate          norm bounding: each update clipped to L2 norm 2.0, then the weighted mean "
-        "(aggregator.rule normbounding; every upload kept) [normbounding]"]),
+        "(aggregator.rule normbounding; uploads held until the round ends) [normbounding]"]),
 }
 
 

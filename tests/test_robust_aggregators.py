@@ -242,6 +242,8 @@ REFUSED = [  # small_cfg: 12 clients, sample_client_rate 0.5: 6 sampled per roun
     ({"aggregator.rule": "median", "aggregator.byzantine_node_num": 1, "federate.mode": "distributed",
       "federate.min_received_num": 2},
      "aggregator.rule median cannot aggregate a distributed round of federate.min_received_num 2 uploads"),
+    ({"aggregator.rule": "median", "aggregator.byzantine_node_num": 3, "federate.mode": "distributed",
+      "federate.min_received_num": 6}, "aggregator.rule median cannot aggregate 6 clients sampled per round"),
     ({"aggregator.rule": "median", "fednova.use": True}, "aggregator.rule median and fednova cannot be combined"),
     ({"aggregator.rule": "median", "federate.method": "FedNova"}, "aggregator.rule median and fednova cannot be combined"),
     ({"aggregator.byzantine_node_num": -1}, "config key 'aggregator.byzantine_node_num' must be >= 0; got -1"),
@@ -276,10 +278,12 @@ def test_a_second_aggregator_is_refused(small_cfg, register) -> None:
 
 @pytest.mark.parametrize("overrides", [
     {"aggregator.rule": "krum", "aggregator.byzantine_node_num": 2, "federate.sample_client_rate": 1.0},
+    {"aggregator.rule": "krum", "aggregator.byzantine_node_num": 1, "federate.sample_client_rate": 1.0,
+     "federate.sample_client_num": 5},  # n = 2f + 3: the fewest Krum takes
     {"aggregator.rule": "bulyan", "aggregator.byzantine_node_num": 2, "federate.sample_client_rate": 1.0},
     {"aggregator.rule": "median", "aggregator.byzantine_node_num": 1, "federate.mode": "distributed",
      "federate.min_received_num": 3},
-], ids=["krum-12", "bulyan-12", "median-distributed"])
+], ids=["krum-12", "krum-5", "bulyan-12", "median-distributed"])
 def test_the_same_f_is_accepted_when_enough_are_sampled(small_cfg, overrides: dict) -> None:
     assert build_plan(small_cfg(**overrides)).aggregator is not None
 
@@ -290,6 +294,9 @@ def test_the_check_uses_the_data_sets_count_once_known(small_cfg) -> None:
     with pytest.raises(ConfigError, match="cannot aggregate 4 clients sampled per round: Krum needs more than 2f"):
         rule.setup(9)
     rule.setup(0)  # a distributed client process reading its own data: the server checks
+    (median,) = build_plan(uniform(small_cfg, "median", 1)).plugins
+    with pytest.raises(ConfigError, match="cannot aggregate 1 clients sampled per round: the median needs a majority"):
+        median.setup(1)  # a federation of one client
 
 
 def test_a_refusal_is_one_line_before_any_work(tmp_path: Path, capsys) -> None:
@@ -327,8 +334,17 @@ def test_plan_names_the_rule_and_who_set_it(small_cfg) -> None:
     assert server == [
         "  weights            samples processed in the local update (aggregator.weighting samples) [core]",
         "  aggregate          Multi-Krum: the mean of the m = n - f uploads with the lowest Krum scores "
-        "(aggregator.rule multikrum, f = 1; every upload kept) [multikrum]",
+        "(aggregator.rule multikrum, f = 1; uploads held until the round ends) [multikrum]",
         "  update             global <- SGD(lr 1.0, momentum 0.0) step on delta = aggregate - global [fedopt]"]
+
+
+@pytest.mark.parametrize("rule, m, method", [("krum", 0, "Krum"), ("krum", 1, "Krum"), ("krum", 2, "Multi-Krum"),
+                                              ("multikrum", 0, "Multi-Krum"), ("multikrum", 1, "Multi-Krum")])
+def test_krum_with_m_above_one_is_multikrum_in_name_and_summary(small_cfg, rule: str, m: int, method: str) -> None:
+    plan = build_plan(small_cfg(aggregator__rule=rule, aggregator__byzantine_node_num=1, aggregator__krum_agg_num=m))
+    summary = {"Krum": "Krum: the upload with the lowest Krum score",
+               "Multi-Krum": f"Multi-Krum: the mean of the m = {m or 'n - f'} uploads with the lowest Krum scores"}
+    assert plan.aggregator.method == method and plan.aggregator.summary == summary[method]
 
 
 # -- whole runs ------------------------------------------------------------------------------------------------------

@@ -83,7 +83,8 @@ CAMPAIGN: dict[str, list[str]] = {
     "fedplug/algorithms/dp.py": ["tests/test_dp.py", "tests/test_plan.py"],
     "fedplug/algorithms/adaptive_clip.py": ["tests/test_dp.py"],
     "fedplug/algorithms/dp_accountant.py": ["tests/test_dp.py"],
-    **{f"fedplug/aggregators/{rule}.py": ["tests/test_robust_aggregators.py", "tests/test_plan.py"]
+    **{f"fedplug/aggregators/{rule}.py": ["tests/test_robust_aggregators.py", "tests/test_aggregator_helpers.py",
+                                          "tests/test_plan.py"]
        for rule in ("base", "krum", "median", "trimmed_mean", "bulyan", "norm_bounding", "centered_clipping")},
 }
 LINKED = ("fedplug", "tests", "configs")

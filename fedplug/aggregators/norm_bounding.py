@@ -37,7 +37,7 @@ class NormBounding(RobustRule):
         self.summary = f"norm bounding: each update clipped to L2 norm {self.bound}, then the weighted mean"
 
     def describe_server(self) -> list[str]:
-        return [f"{'aggregate':<19}{self.summary} (aggregator.rule {self.name}; every upload kept)"]
+        return [f"{'aggregate':<19}{self.summary} (aggregator.rule {self.name}; uploads held until the round ends)"]
 
     def aggregate(self, uploads: list[Upload], facts: RoundFacts) -> Params:
         clipped = [bounded(u.params, facts.previous_global, self.bound) for u in uploads]

@@ -1,0 +1,76 @@
+"""The robust rules' shared tensor helpers (fedplug/aggregators/base.py) on their own: the exact float64
+distances over every parameter, the coordinate slices that bound a coordinate-wise rule's memory, and the
+float64 weights a trimmed mean averages with."""
+from __future__ import annotations
+
+import torch
+
+from fedplug.aggregators import base
+from fedplug.aggregators.krum import lowest
+from fedplug.aggregators.trimmed_mean import TrimmedMean
+from fedplug.core.messages import RoundFacts, Upload
+from test_robust_aggregators import aggregate, uniform
+
+
+def uploads_of(rows: list[dict[str, torch.Tensor]]) -> list[Upload]:
+    return [Upload(i, params, {}, {}) for i, params in enumerate(rows)]
+
+
+def test_squared_distances_sum_every_parameter_in_float64() -> None:
+    # 4096^2 + 1 = 2^24 + 1 is not a float32 number; float64 keeps it
+    rows = [{"a": torch.tensor([0.0]), "b": torch.tensor([0.0, 0.0])},
+            {"a": torch.tensor([4096.0]), "b": torch.tensor([0.0, 1.0])}]
+    distances = base.squared_distances(uploads_of(rows))
+    assert distances.dtype == torch.float64
+    assert distances.tolist() == [[0.0, 16777217.0], [16777217.0, 0.0]]
+
+
+def test_squared_distances_of_equal_uploads_are_exactly_zero_for_many_uploads() -> None:
+    """Above 25 rows torch.cdist's default goes through a Gram matrix, |x|^2 + |y|^2 - 2 x.y, whose cancellation
+    leaves an upload a non-zero distance to itself: Krum would then see equal uploads as apart."""
+    g = torch.Generator().manual_seed(0)
+    rows = [{"w": torch.randn(50, generator=g) * 1e3 + 1e4} for _ in range(30)]
+    rows[5] = {"w": rows[3]["w"].clone()}
+    distances = base.squared_distances(uploads_of(rows))
+    assert torch.all(torch.diagonal(distances) == 0) and distances[3, 5] == 0
+    assert torch.equal(distances, distances.T)
+
+
+def test_coordinatewise_takes_the_coordinates_a_slice_at_a_time(monkeypatch) -> None:
+    monkeypatch.setattr(base, "COORDINATES_AT_ONCE", 2)
+    seen: list[list[float]] = []
+
+    def record_then_max(values: torch.Tensor) -> torch.Tensor:
+        seen.append(values[0].tolist())
+        return values.max(dim=0).values
+
+    rows = [{"w": torch.tensor([[1.0, 5.0], [2.0, 0.0], [9.0, 3.0]])},
+            {"w": torch.tensor([[4.0, 1.0], [0.0, 7.0], [2.0, 8.0]])}]
+    result = base.coordinatewise(uploads_of(rows), "w", record_then_max)
+    assert result.tolist() == [[4.0, 5.0], [2.0, 7.0], [9.0, 8.0]]
+    assert seen == [[1.0, 5.0], [2.0, 0.0], [9.0, 3.0]]  # coordinates 0-1, 2-3, 4-5 of the first upload
+
+
+def test_the_median_of_one_upload_is_that_upload(small_cfg) -> None:
+    result, _ = aggregate(uniform(small_cfg, "median", 0), [[3.0, -1.5]])
+    assert result.tolist() == [3.0, -1.5]
+
+
+def test_trimmed_mean_weights_are_float64(small_cfg) -> None:
+    """Weights such as FedNova's normalized ones are any float: rounded to float32 they would move the mean."""
+    rule = TrimmedMean(uniform(small_cfg, "trimmedmean", 1))
+    values = [0.3, 0.1, 0.7, 0.2, 0.9]
+    weights = {0: 0.1, 1: 1 / 3, 2: 0.7, 3: 2 / 7, 4: 0.05}
+    rows = [{"w": torch.tensor([v], dtype=torch.float64)} for v in values]
+    facts = RoundFacts(1, 5, tuple(range(5)), {"w": torch.zeros(1, dtype=torch.float64)}, weights=weights)
+    kept = [3, 0, 2]  # sorted 0.1 (client 1), 0.2 (3), 0.3 (0), 0.7 (2), 0.9 (4): one excluded at each end
+    total, weight = values[kept[0]] * weights[kept[0]], weights[kept[0]]
+    for c in kept[1:]:
+        total, weight = total + values[c] * weights[c], weight + weights[c]
+    assert rule.aggregate(uploads_of(rows), facts)["w"].item() == total / weight
+
+
+def test_krum_ties_go_to_the_earlier_upload_however_many_tie() -> None:
+    """Equal uploads tie exactly; from 17 values on, an unstable sort no longer keeps the order given."""
+    assert lowest(torch.zeros(40, dtype=torch.float64), 5) == [0, 1, 2, 3, 4]
+    assert lowest(torch.tensor([1.0, 0.0] * 20, dtype=torch.float64), 3) == [1, 3, 5]
