@@ -6,7 +6,9 @@ from __future__ import annotations
 import torch
 
 from fedplug.aggregators import base
+from fedplug.aggregators.bulyan import bulyan_selection, closest_to_median
 from fedplug.aggregators.krum import lowest
+from fedplug.aggregators.norm_bounding import bounded
 from fedplug.aggregators.trimmed_mean import TrimmedMean
 from fedplug.core.messages import RoundFacts, Upload
 from test_robust_aggregators import aggregate, uniform
@@ -74,3 +76,26 @@ def test_krum_ties_go_to_the_earlier_upload_however_many_tie() -> None:
     """Equal uploads tie exactly; from 17 values on, an unstable sort no longer keeps the order given."""
     assert lowest(torch.zeros(40, dtype=torch.float64), 5) == [0, 1, 2, 3, 4]
     assert lowest(torch.tensor([1.0, 0.0] * 20, dtype=torch.float64), 3) == [1, 3, 5]
+
+
+def test_bulyan_picks_with_at_least_one_neighbour() -> None:
+    """f = 0 on the line 0, 1, 10: with 3 left Krum counts max(3 - 0 - 2, 1) = 1 neighbour, so 0 and 1 tie at 1 and
+    the earlier goes first (two neighbours would have picked 1 first: 82 against 0's 101)."""
+    points = torch.tensor([[0.0], [1.0], [10.0]], dtype=torch.float64)
+    assert bulyan_selection(torch.cdist(points, points) ** 2, 0) == [0, 1, 2]
+
+
+def test_bulyan_ties_around_the_median_go_to_the_earlier_value() -> None:
+    """21 values: the median 0, then -1 and 1 in turn (all at distance 1 from it); beta = 5 keeps 0 and the first
+    four of the tied ones, in the order given (from 17 values on, an unstable sort would not keep it)."""
+    values = torch.tensor([[0.0]] + [[-1.0], [1.0]] * 10, dtype=torch.float64)
+    weights = torch.arange(1, 22, dtype=torch.float64).reshape(21, 1)
+    assert closest_to_median(values, weights, 5).item() == (-2 + 3 - 4 + 5) / 15
+
+
+def test_norm_bounding_leaves_an_update_of_exactly_the_bound_as_it_is() -> None:
+    """(3, 4) from the origin has norm 5: at bound 5 the upload is returned as it is, not rescaled by 5 / 5 (which
+    rounds: center + (upload - center) need not be the upload)."""
+    params, center = {"w": torch.tensor([3.0, 4.0])}, {"w": torch.zeros(2)}
+    assert bounded(params, center, 5.0) is params
+    assert bounded(params, center, 2.5)["w"].tolist() == [1.5, 2.0]

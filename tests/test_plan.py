@@ -116,6 +116,22 @@ SERVER_LINES = {  # a plug-in's own lines of the server pipeline, with non-defau
     "krum": ({"aggregator.rule": "krum", "aggregator.byzantine_node_num": 1, "federate.sample_client_num": 10}, [
         "  aggregate          Krum: the upload with the lowest Krum score (aggregator.rule krum, f = 1; uploads held "
         "until the round ends) [krum]"]),
+    "median": ({"aggregator.rule": "median", "aggregator.byzantine_node_num": 1}, [
+        "  aggregate          coordinate-wise median of the uploads (unweighted) (aggregator.rule median, f = 1; "
+        "uploads held until the round ends) [median]"]),
+    "trimmedmean": ({"aggregator.rule": "trimmedmean", "aggregator.byzantine_node_num": 1,
+                     "aggregator.excluded_ratio": 0.2}, [
+        "  aggregate          coordinate-wise trimmed mean: k = max(f, floor(0.2 * n)) values excluded at each end, "
+        "the rest averaged by weight (aggregator.rule trimmedmean, f = 1; uploads held until the round ends) "
+        "[trimmedmean]"]),
+    "bulyan": ({"aggregator.rule": "bulyan", "aggregator.byzantine_node_num": 1, "federate.sample_client_num": 10}, [
+        "  aggregate          Bulyan: Krum picks n - 2f uploads one by one; per coordinate, the mean of the n - 4f "
+        "closest to their median (aggregator.rule bulyan, f = 1; uploads held until the round ends) [bulyan]"]),
+    "centeredclip": ({"aggregator.rule": "centeredclip", "aggregator.byzantine_node_num": 1,
+                      "aggregator.clip_tau": 0.5, "aggregator.clip_iters": 2}, [
+        "  aggregate          centered clipping: 2 x v <- v + weighted mean of clip_0.5(update - v) from the last "
+        "round's v; global + v (aggregator.rule centeredclip, f = 1; uploads held until the round ends) "
+        "[centeredclip]"]),
     "normbounding": ({"aggregator.rule": "normbounding", "aggregator.norm_bound": 2.0}, [
         "  aggregate          norm bounding: each update clipped to L2 norm 2.0, then the weighted mean "
         "(aggregator.rule normbounding; uploads held until the round ends) [normbounding]"]),

@@ -91,9 +91,11 @@ def test_median_by_hand(small_cfg) -> None:
 TRIM = [[1.0, 10.0], [4.0, -3.0], [2.0, 0.0], [8.0, 1.0], [-6.0, 2.0]]  # sorted: (-6 1 2 4 8), (-3 0 1 2 10)
 
 
-@pytest.mark.parametrize("keys", [{"f": 1}, {"f": 0, "aggregator__excluded_ratio": 0.25}], ids=["f", "beta"])
+@pytest.mark.parametrize("keys", [{"f": 1}, {"f": 0, "aggregator__excluded_ratio": 0.25},
+                                  {"f": 0, "aggregator__excluded_ratio": 0.2}], ids=["f", "beta", "beta-exact"])
 def test_trimmed_mean_by_hand(small_cfg, keys) -> None:
-    """k = 1 (f = 1, or floor(0.25 * 5)): each coordinate keeps its 3 middle values."""
+    """k = 1 (f = 1, or floor(0.25 * 5), or floor(0.2 * 5), a product whose float is a hair below 1): each coordinate
+    keeps its 3 middle values."""
     f, others = keys["f"], {k: v for k, v in keys.items() if k != "f"}  # the parameters are shared: not popped
     cfg = uniform(small_cfg, "trimmedmean", f, **others)
     assert close(aggregate(cfg, TRIM)[0], [(1 + 2 + 4) / 3, (0 + 1 + 2) / 3])
@@ -103,6 +105,15 @@ def test_trimmed_mean_by_hand(small_cfg, keys) -> None:
     # k = max(f, floor(beta * n)): f = 2 wins over beta = 0.2; only the median is left
     cfg = uniform(small_cfg, "trimmedmean", 2, aggregator__excluded_ratio=0.2)
     assert aggregate(cfg, TRIM)[0].tolist() == [2.0, 1.0]
+
+
+def test_trimmed_mean_ties_exclude_the_earlier_values_however_many_tie(small_cfg) -> None:
+    """20 uploads, ten 0s then ten 1s, weights 1..20; k = 5: the 0s of clients 0-4 and the 1s of clients 15-19
+    go, in the order given (from 17 values on, an unstable sort would not keep it)."""
+    cfg = small_cfg(aggregator__rule="trimmedmean", aggregator__byzantine_node_num=5,
+                    federate__sample_client_rate=1.0)
+    result, _ = aggregate(cfg, [[0.0]] * 10 + [[1.0]] * 10, samples=list(range(1, 21)))
+    assert close(result, [sum(range(11, 16)) / sum(range(6, 16))])
 
 
 def test_bulyan_by_hand(small_cfg) -> None:
@@ -280,10 +291,14 @@ def test_a_second_aggregator_is_refused(small_cfg, register) -> None:
     {"aggregator.rule": "krum", "aggregator.byzantine_node_num": 2, "federate.sample_client_rate": 1.0},
     {"aggregator.rule": "krum", "aggregator.byzantine_node_num": 1, "federate.sample_client_rate": 1.0,
      "federate.sample_client_num": 5},  # n = 2f + 3: the fewest Krum takes
+    {"aggregator.rule": "trimmedmean", "aggregator.byzantine_node_num": 1, "federate.sample_client_rate": 1.0,
+     "federate.sample_client_num": 3},  # n = 2k + 1
+    {"aggregator.rule": "bulyan", "aggregator.byzantine_node_num": 1, "federate.sample_client_rate": 1.0,
+     "federate.sample_client_num": 7},  # n = 4f + 3
     {"aggregator.rule": "bulyan", "aggregator.byzantine_node_num": 2, "federate.sample_client_rate": 1.0},
     {"aggregator.rule": "median", "aggregator.byzantine_node_num": 1, "federate.mode": "distributed",
      "federate.min_received_num": 3},
-], ids=["krum-12", "krum-5", "bulyan-12", "median-distributed"])
+], ids=["krum-12", "krum-5", "trimmedmean-3", "bulyan-7", "bulyan-12", "median-distributed"])
 def test_the_same_f_is_accepted_when_enough_are_sampled(small_cfg, overrides: dict) -> None:
     assert build_plan(small_cfg(**overrides)).aggregator is not None
 
