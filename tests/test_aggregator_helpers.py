@@ -7,6 +7,7 @@ import torch
 
 from fedplug.aggregators import base
 from fedplug.aggregators.bulyan import bulyan_selection, closest_to_median
+from fedplug.aggregators.centered_clipping import clip_step
 from fedplug.aggregators.krum import lowest
 from fedplug.aggregators.norm_bounding import bounded
 from fedplug.aggregators.trimmed_mean import TrimmedMean
@@ -99,3 +100,12 @@ def test_norm_bounding_leaves_an_update_of_exactly_the_bound_as_it_is() -> None:
     params, center = {"w": torch.tensor([3.0, 4.0])}, {"w": torch.zeros(2)}
     assert bounded(params, center, 5.0) is params
     assert bounded(params, center, 2.5)["w"].tolist() == [1.5, 2.0]
+
+
+def test_centered_clipping_step_clips_short_offsets_and_keeps_a_zero_one() -> None:
+    """tau 0.1: the offset (0.3, 0.4) (length 0.5, under 1) is scaled to length 0.1; an offset of length 0 (an update
+    at the center) adds nothing and divides by nothing. Weights 1 and 1."""
+    center = {"w": torch.zeros(2, dtype=torch.float64)}
+    deltas = [{"w": torch.zeros(2, dtype=torch.float64)}, {"w": torch.tensor([0.3, 0.4], dtype=torch.float64)}]
+    step = clip_step(deltas, [1.0, 1.0], center, 0.1)
+    assert torch.allclose(step["w"], torch.tensor([0.03, 0.04], dtype=torch.float64), rtol=0, atol=1e-15)

@@ -295,10 +295,13 @@ def test_a_second_aggregator_is_refused(small_cfg, register) -> None:
      "federate.sample_client_num": 3},  # n = 2k + 1
     {"aggregator.rule": "bulyan", "aggregator.byzantine_node_num": 1, "federate.sample_client_rate": 1.0,
      "federate.sample_client_num": 7},  # n = 4f + 3
+    {"aggregator.rule": "centeredclip", "aggregator.byzantine_node_num": 1, "federate.sample_client_rate": 1.0,
+     "federate.sample_client_num": 3},  # n = 2f + 1
     {"aggregator.rule": "bulyan", "aggregator.byzantine_node_num": 2, "federate.sample_client_rate": 1.0},
     {"aggregator.rule": "median", "aggregator.byzantine_node_num": 1, "federate.mode": "distributed",
      "federate.min_received_num": 3},
-], ids=["krum-12", "krum-5", "trimmedmean-3", "bulyan-7", "bulyan-12", "median-distributed"])
+], ids=["krum-12", "krum-5", "trimmedmean-3", "bulyan-7", "centeredclip-3", "bulyan-12",
+                     "median-distributed"])
 def test_the_same_f_is_accepted_when_enough_are_sampled(small_cfg, overrides: dict) -> None:
     assert build_plan(small_cfg(**overrides)).aggregator is not None
 
