@@ -1,9 +1,12 @@
 """fedplug/core/module_calls.py: PyTorch's no-hook shortcuts, taken only where PyTorch itself takes them."""
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
-from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+from torch.nn.modules.module import (register_module_forward_hook, register_module_forward_pre_hook,
+                                     register_module_full_backward_hook, register_module_full_backward_pre_hook)
 
 from fedplug.core.context import Context
 from fedplug.core.default_hooks import _hook_on_fit_start_init
@@ -33,7 +36,9 @@ def test_callee_is_forward_only_while_nothing_is_registered() -> None:
                      lambda: m.register_full_backward_hook(lambda *a: None),
                      lambda: m.register_full_backward_pre_hook(lambda *a: None),
                      lambda: register_module_forward_hook(lambda *a: None),
-                     lambda: register_module_forward_pre_hook(lambda *a: None)]
+                     lambda: register_module_forward_pre_hook(lambda *a: None),
+                     lambda: register_module_full_backward_hook(lambda *a: None),
+                     lambda: register_module_full_backward_pre_hook(lambda *a: None)]
     for register in registrations:
         handle = register()
         assert callee(m) is m
@@ -41,6 +46,27 @@ def test_callee_is_forward_only_while_nothing_is_registered() -> None:
         assert callee(m) == m.forward  # removed: the shortcut again
     m.forward = lambda x: x  # an instance's own forward is what the call would run too
     assert callee(m) is m.forward
+
+
+def test_a_compiled_module_and_a_jit_trace_take_the_full_call() -> None:
+    compiled = nn.Linear(3, 2)
+    compiled.compile(backend="eager")  # compiles at its first call, which this test never makes
+    assert callee(compiled) is compiled
+    plain, seen = nn.Linear(3, 2), []
+
+    class Traced(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = plain
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(callee(self.inner))  # while the trace runs: the module, whose call the trace records
+            return self.inner(x)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.trace: still what users' old code runs
+        torch.jit.trace(Traced(), torch.zeros(1, 3), check_trace=False)  # one run: the trace itself
+    assert seen == [plain] and callee(plain) == plain.forward
 
 
 def test_only_modules_with_nn_modules_own_call_are_plain() -> None:
