@@ -51,16 +51,17 @@ def snapshot(ctx: Context) -> dict:
             "values": [ctx.get(n) for n in ("cur_epoch_i", "cur_batch_i", "num_samples", "loss_total")]}
 
 
-def train_both(cfg, n: int = 23, transforms: list | None = None, device: torch.device | None = None) -> list[dict]:
+def train_both(cfg, n: int = 23, transforms: list | None = None, device: torch.device | None = None,
+               model_type: type = torch.nn.Linear, criterion_type: type = torch.nn.CrossEntropyLoss) -> list[dict]:
     """(fused, hooks): the parameters, the results and the epoch_end snapshots of one local update each way."""
     x, y = torch.randn(n, 5, generator=torch.Generator().manual_seed(1)), torch.arange(n) % 3
     runs = []
     for make_table in (lambda t: t, unfused):
-        model = torch.nn.Linear(5, 3)
+        model = model_type(5, 3)
         with torch.no_grad():
             for i, p in enumerate(model.parameters()):
                 p.copy_(torch.linspace(-1, 1, p.numel()).view_as(p) * (i + 1))
-        trainer = Trainer(model, cfg)
+        trainer = Trainer(model, cfg, criterion_type())
         seen: list[dict] = []
         table = make_table(trainer.hooks["train"])
         table.add("on_epoch_start", lambda ctx: setattr(ctx, "mine", CtxVar(1, "batch")), "scoped_at_epoch_start")
@@ -221,13 +222,40 @@ def test_losses_read_once_per_epoch_off_cpu(small_cfg, fused_calls, monkeypatch)
 
 
 def test_the_fused_loop_skips_the_module_call_when_nothing_is_registered(small_cfg, monkeypatch) -> None:
-    direct: list[bool] = []
+    asked: list[tuple[str, bool]] = []
 
     def spy(module):
         target = module_calls.callee(module)
-        direct.append(target is not module)
+        asked.append((type(module).__name__, target is not module))
         return target
 
     monkeypatch.setattr(fused, "callee", spy)
-    train_both(small_cfg(dataloader__batch_size=4))
-    assert direct and all(direct)  # the model's and the criterion's forward, at every batch
+    runs = train_both(small_cfg(dataloader__batch_size=4))
+    steps = runs[0]["results"]["train_steps"]  # the model's and the criterion's forward, at every batch
+    assert sorted(asked) == [("CrossEntropyLoss", True)] * steps + [("Linear", True)] * steps
+
+
+def counted(base: type) -> type:
+    class Counted(base):
+        calls = 0
+
+        def __call__(self, *args, **kwargs):  # a call of its own: the loop must make it, never skip to forward
+            type(self).calls += 1
+            return super().__call__(*args, **kwargs)
+    return Counted
+
+
+def test_a_module_with_a_call_of_its_own_is_called_in_the_fused_loop(small_cfg, fused_calls) -> None:
+    model_type, criterion_type = counted(torch.nn.Linear), counted(torch.nn.CrossEntropyLoss)
+    runs = train_both(small_cfg(dataloader__batch_size=4), model_type=model_type, criterion_type=criterion_type)
+    assert fused_calls and model_type.calls == criterion_type.calls == 2 * runs[0]["results"]["train_steps"]
+    assert_same(runs)
+
+
+def test_each_loss_is_read_at_once_on_cpu_only(small_cfg, monkeypatch) -> None:
+    assert fused.reads_each_loss(torch.device("cpu")) and fused.reads_each_loss("cpu")
+    assert not fused.reads_each_loss(None) and not fused.reads_each_loss(torch.device("meta"))
+    asked: list = []
+    monkeypatch.setattr(fused, "reads_each_loss", lambda device: asked.append(device) or True)
+    train_both(small_cfg(dataloader__batch_size=4), device=torch.device("cpu"))
+    assert asked == [torch.device("cpu")]  # once, by the fused run, with the batches' device
