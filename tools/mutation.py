@@ -50,7 +50,8 @@ CAMPAIGN: dict[str, list[str]] = {
                                   "resume_of_a_finished_run_says_so_and_changes_nothing",
                                   "checkpoint_at_the_end_of_every_checkpointed_run")),
                               "tests/test_scaffold.py::test_resume_restores_c_and_every_c_i",
-                              "tests/test_plots.py::test_resume_cuts_clients_jsonl_back_to_the_checkpoint"],
+                              "tests/test_plots.py::test_resume_cuts_clients_jsonl_back_to_the_checkpoint",
+                              "tests/test_attacks.py::test_same_seed_same_attacked_run"],  # setup(N) from the data
     "fedplug/server/aggregation.py": ["tests/test_aggregation.py", "tests/test_pooling_exact.py",
                                       "tests/test_round_schedule.py", "tests/test_contract_travel.py"],
     "fedplug/server/round.py": ["tests/test_pooling_exact.py", "tests/test_round_schedule.py",

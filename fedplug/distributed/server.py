@@ -174,10 +174,11 @@ class Coordinator:
     def _rounds(self) -> dict[str, Any]:
         self.wait_for_clients()
         self.rounds_begun = True
-        keeper = RoundKeeper(self.cfg, self.plan, self.run_dir, self.num_clients, self.initial_global())
+        # Client processes keep their own state and read it back from their own checkpoints when they resume.
+        keeper = RoundKeeper(self.cfg, self.plan, self.run_dir, self.num_clients, self.initial_global(),
+                             save_client_state=self._checkpoint_clients, load_client_state=lambda tree: None)
         self.global_layout = layout(keeper.global_params)
         self.upload_layout = payload_layout(self.global_layout, {p: m.up_specs() for p, m in keeper.messages.items()})
-        keeper.save_client_state = self._checkpoint_clients
         keeper.open(self.resume)
         logger.info("%s, distributed: %d clients, %d per round, %d rounds", self.plan.label, self.num_clients,
                     keeper.per_round, self.cfg.federate.total_round_num)

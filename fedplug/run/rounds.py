@@ -44,7 +44,9 @@ Evaluate = Callable[[Params], dict[str, list[dict[str, Any]]]]  # global params 
 class RoundKeeper:
     """Global model, early stopping, metrics and checkpoints of one run, round after round."""
 
-    def __init__(self, cfg: ConfigNode, plan: Plan, run_dir: Path, num_clients: int, global_params: Params) -> None:
+    def __init__(self, cfg: ConfigNode, plan: Plan, run_dir: Path, num_clients: int, global_params: Params, *,
+                 save_client_state: Callable[[int], dict[str, Any]],
+                 load_client_state: Callable[[dict[str, Any]], None]) -> None:
         self.cfg, self.plan, self.run_dir = cfg, plan, run_dir
         self.num_clients = num_clients
         self.per_round = clients_per_round(cfg, num_clients)
@@ -57,8 +59,7 @@ class RoundKeeper:
         self.records: list[dict[str, Any]] = []
         self.client_records: list[dict[str, Any]] = []  # clients.jsonl's lines, one per record
         # Per-client state lives with the clients: these move it into and out of checkpoints.
-        self.save_client_state: Callable[[int], dict[str, Any]] = lambda round_num: {}
-        self.load_client_state: Callable[[dict[str, Any]], None] = lambda state: None
+        self.save_client_state, self.load_client_state = save_client_state, load_client_state
         self.metrics: MetricsLog | None = None
         self.clients: MetricsLog | None = None
         self.diverged: str | None = None  # what went NaN or infinite, and in which round; the run stops there

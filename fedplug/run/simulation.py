@@ -100,9 +100,9 @@ def _rounds(cfg: ConfigNode, plan: Plan, run_dir: Path, backend: Any, data_name:
             resume: bool, started: float) -> dict[str, Any]:
     fed = cfg.federate
     keeper = RoundKeeper(cfg, plan, run_dir, num_clients,
-                         {k: v.clone() for k, v in backend.shared_parameters().items()})
-    keeper.save_client_state = lambda round_num: client_state_tree(*backend.export_client_state())
-    keeper.load_client_state = lambda tree: backend.import_client_state(*split_client_state_tree(tree))
+                         {k: v.clone() for k, v in backend.shared_parameters().items()},
+                         save_client_state=lambda round_num: client_state_tree(*backend.export_client_state()),
+                         load_client_state=lambda tree: backend.import_client_state(*split_client_state_tree(tree)))
     keeper.open(resume)
     bar = progress(fed.total_round_num, f"{plan.label} on {data_name}")
     redirect = contextlib.nullcontext()
