@@ -62,6 +62,8 @@ def test_exclusive_role_refused_naming_both() -> None:
     with pytest.raises(CompositionError, match="alpha and beta cannot be combined: both fill the exclusive role "
                                                "'server_update'"):
         compose([Dummy("alpha", roles=("server_update",)), Dummy("beta", roles=("server_update",))])
+    with pytest.raises(CompositionError, match=r"both fill the exclusive role 'sampler' \(the role is exclusive\)"):
+        compose([Dummy("alpha", roles=("sampler",)), Dummy("beta", roles=("sampler",))])  # a role of users' own
 
 
 def test_two_replacements_of_one_hook_refused() -> None:
@@ -141,9 +143,25 @@ def test_missing_plugin_file_is_a_config_error() -> None:
 
 def test_anchor_to_a_replaced_hook_follows_its_replacement() -> None:
     replacing = HookSpec("on_batch_backward", noop, "my_step", replaces="_hook_on_batch_backward")
-    anchored = HookSpec("on_batch_backward", noop, "after_step", after=("_hook_on_batch_backward",))
-    plan = compose([Dummy("alpha", hooks=[replacing]), Dummy("beta", hooks=[anchored])])
-    assert plan.tables["train"].names("on_batch_backward") == ["my_step", "after_step"]
+    anchored = [HookSpec("on_batch_backward", noop, "after_step", after=("_hook_on_batch_backward",)),
+                HookSpec("on_batch_backward", noop, "before_step", before=("_hook_on_batch_backward",))]
+    plan = compose([Dummy("alpha", hooks=[replacing]), Dummy("beta", hooks=anchored)])
+    assert [(h.name, h.owner) for t, hooks in plan.tables["train"] if t == "on_batch_backward" for h in hooks] == \
+        [("before_step", "beta"), ("my_step", "alpha"), ("after_step", "beta")]
+
+
+def test_a_replacing_hooks_anchor_on_another_replaced_hook_orders_their_writes() -> None:
+    """Eval's two core hooks at on_batch_end, each replaced by another plug-in, both writing ctx.tally: beta's
+    `after` names the core hook alpha replaced, which means alpha's hook, so the two writes are ordered."""
+    first = HookSpec("on_batch_end", noop, "end_a", routine="eval", replaces="_hook_on_batch_end", writes=("tally",))
+    second = HookSpec("on_batch_end", noop, "count_b", routine="eval", replaces="_hook_on_batch_end_count_correct",
+                      after=("_hook_on_batch_end",), writes=("tally",))
+    plan = compose([Dummy("alpha", hooks=[first]), Dummy("beta", hooks=[second])])
+    assert placed(plan) == [("end_a", "alpha"), ("count_b", "beta")]
+    unordered = HookSpec("on_batch_end", noop, "count_b", routine="eval", replaces="_hook_on_batch_end_count_correct",
+                         writes=("tally",))
+    with pytest.raises(CompositionError, match="alpha and beta both write ctx.tally at eval/on_batch_end"):
+        compose([Dummy("alpha", hooks=[first]), Dummy("beta", hooks=[unordered])])
 
 
 def test_plugins_key_must_be_a_list_of_names(tmp_path: Path) -> None:

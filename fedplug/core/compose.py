@@ -237,9 +237,9 @@ def compose(plugins: list[Plugin], weighting: str = "samples") -> Plan:
             replaced[key] = plugin.name
             renamed[key] = spec.name
             table.replace(spec.trigger, spec.replaces, spec.fn, new_name=spec.name, owner=plugin.name)
-        # An anchor naming a replaced hook means its replacement.
-        specs = [(p, s if s.replaces else replace(s, before=tuple(renamed.get((s.trigger, a), a) for a in s.before),
-                                                  after=tuple(renamed.get((s.trigger, a), a) for a in s.after)))
+        # An anchor naming a replaced hook means its replacement (a replacing hook's anchors order only its writes).
+        specs = [(p, replace(s, before=tuple(renamed.get((s.trigger, a), a) for a in s.before),
+                             after=tuple(renamed.get((s.trigger, a), a) for a in s.after)))
                  for p, s in specs]
         _place(table, routine, [(p, s) for p, s in specs if s.replaces is None])
         _check_writes(routine, table, specs)
