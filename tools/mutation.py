@@ -51,7 +51,14 @@ CAMPAIGN: dict[str, list[str]] = {
                                   "checkpoint_at_the_end_of_every_checkpointed_run")),
                               "tests/test_scaffold.py::test_resume_restores_c_and_every_c_i",
                               "tests/test_plots.py::test_resume_cuts_clients_jsonl_back_to_the_checkpoint",
-                              "tests/test_attacks.py::test_same_seed_same_attacked_run"],  # setup(N) from the data
+                              "tests/test_attacks.py::test_same_seed_same_attacked_run",  # setup(N) from the data
+                              # the round's facts reach the server's plug-ins; the trackers resumed
+                              "tests/test_contract_server.py::test_the_server_runs_weights_aggregate_receive_"
+                              "transform_update",
+                              *(f"tests/test_tracking.py::test_{name}" for name in (
+                                  "tensorboard_of_a_resumed_run_is_one_history_in_the_same_folder",
+                                  "mlflow_run_holds_config_metrics_and_artifacts",
+                                  "mlflow_resumed_run_is_a_new_run_with_the_whole_history"))],
     "fedplug/server/aggregation.py": ["tests/test_aggregation.py", "tests/test_pooling_exact.py",
                                       "tests/test_round_schedule.py", "tests/test_contract_travel.py"],
     "fedplug/server/round.py": ["tests/test_pooling_exact.py", "tests/test_round_schedule.py",
