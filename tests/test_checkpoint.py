@@ -82,6 +82,32 @@ def test_killed_mid_checkpoint_write_and_resumed_equals_uninterrupted(small_cfg,
     assert lines == [json.loads(line) for line in (Path(expected["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
 
 
+class Frozen(Exception):
+    """Raised where a failpoint would block: the in-process stand-in for the SIGKILL."""
+
+
+def test_a_run_stopped_at_round_end_resumes_from_the_checkpoint_before_it(small_cfg, monkeypatch, capsys) -> None:
+    """The round_end failpoint (after a round's clients trained, before aggregation) in this process: the run
+    stops in round 3 with rounds 1-2 on record and round 2 checkpointed, and resumed it ends like the whole run."""
+    from fedplug.run import failpoint as failpoint_module
+
+    def frozen(seconds: float) -> None:
+        raise Frozen
+
+    cfg = small_cfg(**{"federate.total_round_num": 4, "eval.freq": 1, "checkpoint.every": 2, **ALL_STATE})
+    expected = run(cfg)
+    monkeypatch.setattr(failpoint_module, "_ARMED", frozenset({"round_end@3"}))
+    monkeypatch.setattr(failpoint_module, "time", type("Clock", (), {"sleep": staticmethod(frozen)}))
+    with pytest.raises(Frozen):
+        run(cfg)
+    assert "fedplug failpoint round_end@3 reached" in capsys.readouterr().err
+    (run_dir,) = [p for p in Path(cfg.outdir).iterdir() if str(p) != expected["run_dir"]]
+    assert [json.loads(line)["round"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert checkpoint.load(run_dir / checkpoint.CHECKPOINT_FILE)[1]["round"] == 2
+    monkeypatch.setattr(failpoint_module, "_ARMED", frozenset())
+    assert without_run_dir(run(cfg, run_dir, resume=True)) == without_run_dir(expected)
+
+
 def test_resume_refuses_another_config(small_cfg, tmp_path: Path) -> None:
     cfg = small_cfg(**{"checkpoint.every": 2, "federate.total_round_num": 4})
     result = run(cfg)

@@ -42,7 +42,8 @@ CAMPAIGN: dict[str, list[str]] = {
                               "tests/test_checkpoint.py::test_resuming_from_the_last_checkpoint_repeats_the_end_exactly",
                               *(f"tests/test_checkpoint.py::test_{name}" for name in (
                                   "resume_refuses_another_config", "resume_refuses_a_checkpoint_that_lacks_a_parameter",
-                                  "resume_puts_back_the_process_wide_generators")),
+                                  "resume_puts_back_the_process_wide_generators",
+                                  "a_run_stopped_at_round_end_resumes_from_the_checkpoint_before_it")),
                               "tests/test_graph.py::test_resume_brings_back_each_clients_own_batchnorm",
                               # the checkpoint's checks, per-client state and clients.jsonl on resume
                               *(f"tests/test_integrity.py::test_{name}" for name in (
