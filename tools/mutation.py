@@ -49,13 +49,15 @@ CAMPAIGN: dict[str, list[str]] = {
                               *(f"tests/test_integrity.py::test_{name}" for name in (
                                   "resume_refuses_a_changed_checkpoint", "resume_refuses_an_edited_config_yaml",
                                   "resume_of_a_finished_run_says_so_and_changes_nothing",
-                                  "checkpoint_at_the_end_of_every_checkpointed_run")),
+                                  "checkpoint_at_the_end_of_every_checkpointed_run",
+                                  "a_diverged_run_stops_naming_the_round_and_keeps_what_was_measured")),
                               "tests/test_scaffold.py::test_resume_restores_c_and_every_c_i",
                               "tests/test_plots.py::test_resume_cuts_clients_jsonl_back_to_the_checkpoint",
                               "tests/test_attacks.py::test_same_seed_same_attacked_run",  # setup(N) from the data
                               # the round's facts reach the server's plug-ins; the trackers resumed
-                              "tests/test_contract_server.py::test_the_server_runs_weights_aggregate_receive_"
-                              "transform_update",
+                              *(f"tests/test_contract_server.py::test_{name}" for name in (
+                                  "the_server_runs_weights_aggregate_receive_transform_update",
+                                  "a_plugins_report_reads_the_rounds_facts_into_every_record_and_the_summary")),
                               *(f"tests/test_tracking.py::test_{name}" for name in (
                                   "tensorboard_of_a_resumed_run_is_one_history_in_the_same_folder",
                                   "mlflow_run_holds_config_metrics_and_artifacts",
