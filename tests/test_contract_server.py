@@ -76,7 +76,8 @@ class Reporter(Plugin):
     name = "ct_reporter"
 
     def report(self, facts: RoundFacts) -> dict[str, float]:
-        return {"ct_round_x10": 10.0 * facts.round_num, "ct_sampled": float(len(facts.sampled))}
+        return {"ct_round_x10": 10.0 * facts.round_num, "ct_sampled": float(len(facts.sampled)),
+                "ct_of": float(facts.num_clients), "ct_tensors": float(len(facts.previous_global))}
 
 
 def test_a_plugins_report_reads_the_rounds_facts_into_every_record_and_the_summary(register, small_cfg) -> None:
@@ -85,9 +86,10 @@ def test_a_plugins_report_reads_the_rounds_facts_into_every_record_and_the_summa
     register(Reporter)
     result = run(small_cfg(**{**FAST, "eval.freq": 1, "ct_reporter.use": True}))  # a record per round
     records = [json.loads(line) for line in (Path(result["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
-    assert [(r["round"], r["ct_round_x10"], r["ct_sampled"]) for r in records] == \
-        [(r["round"], 10.0 * r["round"], 6.0) for r in records] and len(records) == 2
-    assert result["ct_round_x10"] == 20.0  # the last record's figures also reach the summary
+    assert [(r["round"], r["ct_round_x10"], r["ct_sampled"], r["ct_of"], r["ct_tensors"]) for r in records] == \
+        [(r["round"], 10.0 * r["round"], 6.0, 12.0, 2.0) for r in records] and len(records) == 2  # LR: weight, bias
+    # the last round's facts also reach the summary
+    assert (result["ct_round_x10"], result["ct_sampled"], result["ct_of"], result["ct_tensors"]) == (20.0, 6.0, 12.0, 2.0)
 
 
 PLAN_TAIL = """\

@@ -59,6 +59,7 @@ CAMPAIGN: dict[str, list[str]] = {
                                   "the_server_runs_weights_aggregate_receive_transform_update",
                                   "a_plugins_report_reads_the_rounds_facts_into_every_record_and_the_summary")),
                               *(f"tests/test_tracking.py::test_{name}" for name in (
+                                  "tensorboard_holds_every_metric_and_the_client_histogram",
                                   "tensorboard_of_a_resumed_run_is_one_history_in_the_same_folder",
                                   "mlflow_run_holds_config_metrics_and_artifacts",
                                   "mlflow_resumed_run_is_a_new_run_with_the_whole_history"))],
