@@ -1,8 +1,10 @@
 """Nothing silently wrong, nothing lost: damaged caches, checkpoints and run folders are noticed."""
 from __future__ import annotations
 
+import gc
 import json
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,8 @@ from safetensors.torch import save_file
 
 from fedplug.cli import main
 from fedplug.config import dump_config
+from fedplug.core.plugin import Plugin
+from fedplug.errors import RunDiverged
 from fedplug.run import checkpoint
 from fedplug.run.simulation import run
 
@@ -96,6 +100,31 @@ def test_checkpoint_at_the_end_of_every_checkpointed_run(small_cfg, rounds: int,
     result = run(small_cfg(**{"checkpoint.every": every, "federate.total_round_num": rounds}))
     path = Path(result["run_dir"]) / checkpoint.CHECKPOINT_FILE
     assert (checkpoint.load(path)[1]["round"] if path.exists() else None) == expected
+
+
+def test_a_run_closes_its_jsonl_files(small_cfg) -> None:
+    """metrics.jsonl and clients.jsonl are flushed line by line, and closed at the end: no handle left over."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        run(small_cfg(**{"federate.total_round_num": 2}))
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning) and ".jsonl" in str(w.message)]
+
+
+class Blowup(Plugin):
+    """From round 2 on, a global model holding infinities, while the clients' training loss stays finite."""
+
+    name = "it_blowup"
+
+    def transform_aggregate(self, old, aggregate, facts):
+        return aggregate if facts.round_num < 2 else {n: torch.full_like(t, float("inf")) for n, t in aggregate.items()}
+
+
+def test_a_global_model_gone_infinite_stops_the_run_naming_its_tensors(small_cfg, register) -> None:
+    register(Blowup)
+    with pytest.raises(RunDiverged, match=r"^the run diverged in round 2: the global model's fc.bias, fc.weight hold NaN or "
+                                          r"infinite values; lower train.optimizer.lr"):
+        run(small_cfg(**{"it_blowup.use": True, "federate.total_round_num": 4}))
 
 
 def test_a_diverged_run_stops_naming_the_round_and_keeps_what_was_measured(small_cfg, tmp_path: Path, capsys) -> None:

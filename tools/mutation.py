@@ -50,7 +50,9 @@ CAMPAIGN: dict[str, list[str]] = {
                                   "resume_refuses_a_changed_checkpoint", "resume_refuses_an_edited_config_yaml",
                                   "resume_of_a_finished_run_says_so_and_changes_nothing",
                                   "checkpoint_at_the_end_of_every_checkpointed_run",
-                                  "a_diverged_run_stops_naming_the_round_and_keeps_what_was_measured")),
+                                  "a_diverged_run_stops_naming_the_round_and_keeps_what_was_measured",
+                                  "a_global_model_gone_infinite_stops_the_run_naming_its_tensors",
+                                  "a_run_closes_its_jsonl_files")),
                               "tests/test_scaffold.py::test_resume_restores_c_and_every_c_i",
                               "tests/test_plots.py::test_resume_cuts_clients_jsonl_back_to_the_checkpoint",
                               "tests/test_attacks.py::test_same_seed_same_attacked_run",  # setup(N) from the data
