@@ -6,6 +6,7 @@ lines drawn, the notes written, the bars' heights.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 from fedplug.run.outputs import client_accuracy_figure, learning_curve_figure
+from fedplug.run.rounds import read_client_records
 from fedplug.run.simulation import run
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -93,7 +95,7 @@ def test_run_writes_clients_jsonl_and_client_accuracy_png(small_cfg) -> None:
         assert (run_dir / name).read_bytes()[:8] == PNG
 
 
-def test_resume_cuts_clients_jsonl_back_to_the_checkpoint(small_cfg, rewind) -> None:
+def test_resume_cuts_clients_jsonl_back_to_the_checkpoint(small_cfg, rewind, caplog, monkeypatch) -> None:
     """A killed run wrote evaluations after its checkpoint, the last one torn: resumed, clients.jsonl
     is the uninterrupted run's."""
     cfg = small_cfg(**{"checkpoint.every": 2, "eval.freq": 1})
@@ -110,3 +112,7 @@ def test_resume_cuts_clients_jsonl_back_to_the_checkpoint(small_cfg, rewind) -> 
     assert again == first
     assert (run_dir / "clients.jsonl").read_text() == uninterrupted
     assert (run_dir / "client_accuracy.png").read_bytes()[:8] == PNG
+    assert "lacks the per-client results" not in (run_dir / "run.log").read_text()  # rounds 1-4 were all there
+    monkeypatch.setattr(logging.getLogger("fedplug"), "handlers", [caplog.handler])  # a run's own do not propagate
+    assert [r["round"] for r in read_client_records(run_dir, [2, 7, 9])] == [2]
+    assert "lacks the per-client results of round(s) [7, 9]" in caplog.text
