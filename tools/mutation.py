@@ -102,6 +102,7 @@ CAMPAIGN: dict[str, list[str]] = {
        for rule in ("base", "krum", "median", "trimmed_mean", "bulyan", "norm_bounding", "centered_clipping")},
 }
 LINKED = ("fedplug", "tests", "configs")
+SURVIVED, NO_TESTS = 0, 33  # mutmut's exit codes of a mutant's test run, as its .meta files keep them
 
 
 def toml_list(items: list[str]) -> str:
@@ -140,9 +141,26 @@ testpaths = ["tests"]
     return folder
 
 
-def run_module(module: str, tests: list[str], children: int, seconds: float) -> dict[str, int] | None:
+def forget_survivors(folder: Path) -> int:
+    """Mark the module's survivors and unreached mutants untested, so that mutmut tests them again: it keeps a
+    result until the mutated function changes, so a test added to an already selected file would not count."""
+    count = 0
+    for meta in (folder / "mutants").rglob("*.meta"):
+        data = json.loads(meta.read_text())
+        results = data["exit_code_by_key"]
+        again = [key for key, code in results.items() if code in (SURVIVED, NO_TESTS)]
+        results.update(dict.fromkeys(again))
+        meta.write_text(json.dumps(data))
+        count += len(again)
+    return count
+
+
+def run_module(module: str, tests: list[str], children: int, seconds: float,
+               retest: bool = False) -> dict[str, int] | None:
     """mutmut on one module for at most `seconds` (stopped there; a rerun continues); None: nothing tested."""
     folder = workspace(module, tests)
+    if retest:
+        print(f"{module}: {forget_survivors(folder)} survivors to test again", flush=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
     mutmut = [sys.executable, "-m", "mutmut"]
     started = time.perf_counter()
@@ -183,6 +201,8 @@ def main() -> None:
     parser.add_argument("--children", type=int, default=2, help="mutants tested at once (default 2)")
     parser.add_argument("--budget", type=float, default=3300.0,
                         help="stop after this many seconds (default 3300); results are kept, a rerun continues")
+    parser.add_argument("--retest-survivors", action="store_true",
+                        help="test the survivors again (after adding tests to files a module already selects)")
     args = parser.parse_args()
     if args.list:
         for module, tests in CAMPAIGN.items():
@@ -195,7 +215,7 @@ def main() -> None:
     lines, deadline, unfinished = [], time.monotonic() + args.budget, []
     for module in args.modules or list(CAMPAIGN):
         left = deadline - time.monotonic()
-        stats = run_module(module, CAMPAIGN[module], args.children, left) if left > 60 else None
+        stats = run_module(module, CAMPAIGN[module], args.children, left, args.retest_survivors) if left > 60 else None
         if stats is None or not stats["complete"]:
             unfinished.append(module)
         if stats is None:
