@@ -22,7 +22,7 @@ from fedplug.algorithms.dp import clip_update, noised_mean, update_norm
 from fedplug.algorithms.dp_accountant import epsilon
 from fedplug.core.messages import Messages, RoundFacts, Upload, UpSpec, scalar
 from fedplug.core.plugin import LocalView, Params, Plugin
-from fedplug.errors import UserError
+from fedplug.errors import ConfigError, UserError
 from fedplug.run import checkpoint
 from fedplug.run.plan import build_plan, describe_plan
 from fedplug.run.simulation import run
@@ -93,6 +93,13 @@ def test_adaptive_clip_by_hand() -> None:
 
 
 # -- accounting ------------------------------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def fresh_epsilon_cache():
+    """epsilon() is cached per process: each test computes its own figures (mutation testing forks a process
+    whose cache an earlier test filled)."""
+    epsilon.cache_clear()
+
+
 def test_epsilon_matches_opacus_called_directly() -> None:
     q, z, rounds, delta = 0.2, 1.1, 50, 1e-5
     orders = RDPAccountant.DEFAULT_ALPHAS
@@ -106,6 +113,12 @@ def test_epsilon_matches_opacus_called_directly() -> None:
     assert epsilon("rdp", q, z, rounds + 10, delta) > epsilon("rdp", q, z, rounds, delta)
     assert epsilon("rdp", q, 2 * z, rounds, delta) < epsilon("rdp", q, z, rounds, delta)
     assert epsilon("rdp", q, 0.0, rounds, delta) == math.inf and epsilon("rdp", q, z, 0, delta) == 0.0
+    every = rdp_analysis.compute_rdp(q=1.0, noise_multiplier=z, steps=rounds, orders=orders)  # every client, each round
+    assert epsilon("rdp", 1.0, z, rounds, delta) == pytest.approx(
+        float(rdp_analysis.get_privacy_spent(orders=orders, rdp=every, delta=delta)[0]), rel=1e-12)
+    for q_outside in (0.0, 1.5):
+        with pytest.raises(ConfigError, match=f"the accountant needs a sampling rate q in \\(0, 1\\], got {q_outside}"):
+            epsilon("rdp", q_outside, z, rounds, delta)
 
 
 def test_epsilon_in_every_record_the_summary_and_the_final_line(small_cfg) -> None:
