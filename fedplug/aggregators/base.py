@@ -63,7 +63,8 @@ class RobustRule(Plugin):
                               f"(f = aggregator.byzantine_node_num {self.f})")
 
     def describe_server(self) -> list[str]:
-        return [f"{'aggregate':<19}{self.summary} (aggregator.rule {self.name}, f = {self.f}; uploads held until the round ends)"]
+        return [f"{'aggregate':<19}{self.summary} (aggregator.rule {self.name}, f = {self.f}; "
+                "uploads held until the round ends)"]
 
 
 def weighted_mean(uploads: list[Upload], facts: RoundFacts, params: list[Params] | None = None) -> Params:
