@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -97,7 +98,7 @@ def test_a_run_stopped_at_round_end_resumes_from_the_checkpoint_before_it(small_
     cfg = small_cfg(**{"federate.total_round_num": 4, "eval.freq": 1, "checkpoint.every": 2, **ALL_STATE})
     expected = run(cfg)
     monkeypatch.setattr(failpoint_module, "_ARMED", frozenset({"round_end@3"}))
-    monkeypatch.setattr(failpoint_module, "time", type("Clock", (), {"sleep": staticmethod(frozen)}))
+    monkeypatch.setattr(failpoint_module, "time", SimpleNamespace(sleep=frozen))
     with pytest.raises(Frozen):
         run(cfg)
     assert "fedplug failpoint round_end@3 reached" in capsys.readouterr().err

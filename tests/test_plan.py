@@ -142,6 +142,7 @@ SERVER_LINES = {  # a plug-in's own lines of the server pipeline, with non-defau
 def test_plan_shows_each_server_side_plugins_step_with_its_settings(capsys, name: str) -> None:
     """`fedplug plan` in this process (mutation testing sees what the code under test runs here, not in a child)."""
     keys, expected = SERVER_LINES[name]
-    server = plan_text(capsys, *(word for key, value in keys.items() for word in (key, str(value)))).split("server (in this order):\n")[1].splitlines()
+    text = plan_text(capsys, *(word for key, value in keys.items() for word in (key, str(value))))
+    server = text.split("server (in this order):\n")[1].splitlines()
     owner = name.split("/")[0]
     assert [line for line in server if line.endswith(f"[{owner}]")] == expected

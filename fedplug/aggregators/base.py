@@ -33,6 +33,7 @@ class RobustRule(Plugin):
     roles = ("aggregator",)
     vectorizes = True  # server side only: cohorts train as with the mean
     summary: ClassVar[str] = ""  # what the rule does, for `fedplug plan`
+    reads_f: ClassVar[bool] = True  # whether the rule uses aggregator.byzantine_node_num (the plan then shows f)
 
     def __init__(self, cfg: ConfigNode) -> None:
         self.cfg, self.section = cfg, cfg.aggregator  # the rule's keys live in the core section `aggregator`
@@ -63,8 +64,8 @@ class RobustRule(Plugin):
                               f"(f = aggregator.byzantine_node_num {self.f})")
 
     def describe_server(self) -> list[str]:
-        return [f"{'aggregate':<19}{self.summary} (aggregator.rule {self.name}, f = {self.f}; "
-                "uploads held until the round ends)"]
+        f = f", f = {self.f}" if self.reads_f else ""
+        return [f"{'aggregate':<19}{self.summary} (aggregator.rule {self.name}{f}; uploads held until the round ends)"]
 
 
 def weighted_mean(uploads: list[Upload], facts: RoundFacts, params: list[Params] | None = None) -> Params:

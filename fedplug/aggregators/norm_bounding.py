@@ -30,14 +30,12 @@ def bounded(params: Params, center: Params, bound: float) -> Params:
 
 class NormBounding(RobustRule):
     method = "NormBounding"
+    reads_f = False  # it bounds every update; no count of Byzantine clients
 
     def __init__(self, cfg: ConfigNode) -> None:
         super().__init__(cfg)
         self.bound: float = self.section.norm_bound
         self.summary = f"norm bounding: each update clipped to L2 norm {self.bound}, then the weighted mean"
-
-    def describe_server(self) -> list[str]:
-        return [f"{'aggregate':<19}{self.summary} (aggregator.rule {self.name}; uploads held until the round ends)"]
 
     def aggregate(self, uploads: list[Upload], facts: RoundFacts) -> Params:
         clipped = [bounded(u.params, facts.previous_global, self.bound) for u in uploads]
