@@ -2,14 +2,15 @@
 
 `--before REV` (a git revision of this repository) is extracted to a temporary folder as the package
 `fedplug_old`; the plain loop, the old fedplug and the working tree's fedplug then train the same rounds
-in turns (`--turns`), one PyTorch thread, and the median round of each is printed with the ratios, and
-whether the old and new final parameters are bit-identical, and each round's fastest turn averaged over the
-rounds ("min of turns"). With `--cpu`, seconds of CPU time of this thread (`time.thread_time`) instead of
-wall-clock seconds: the time spent waiting for a core that other jobs hold is not counted. With `--calls`, each contender's Python-level
-function calls over the rounds (cProfile; a count, so unaffected by machine load) instead of seconds.
+round by round (round_timing.paired: the order rotates each round), one PyTorch thread, `--repeats` times
+`--rounds` rounds. Printed per repeat and as the median of the repeats: the median over rounds of each
+fedplug's round time over the plain loop's in the same round, and of after's over before's; and whether
+the old and new final parameters are bit-identical. With `--cpu`, seconds of CPU time of this thread
+(`time.thread_time`) instead of wall-clock seconds. With `--calls`, each contender's Python-level function
+calls over `--rounds` rounds (cProfile; a count, so unaffected by machine load) instead of seconds.
 Prints one JSON line; saves nothing.
 
-    python benchmarks/speed/bench_before_after.py --before main [--rounds 20] [--turns 5] [--cpu] [--calls]
+    python benchmarks/speed/bench_before_after.py --before main [--rounds 240] [--repeats 4] [--cpu] [--calls]
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import argparse
 import cProfile
 import io
 import json
+import os
 import pstats
 import re
 import statistics
@@ -31,15 +33,16 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from fedplug_loop import fedplug_rounds  # noqa: E402
+from fedplug_loop import FedplugRounds, fedplug_rounds  # noqa: E402
 from lr_workload import CLASSES, lr_config, lr_workload  # noqa: E402
-from plain_lr import plain_loop  # noqa: E402
+from plain_lr import plain_loop, plain_rounds  # noqa: E402
+from round_timing import paired, paired_ratio  # noqa: E402
 
 from fedplug.config.load import dotted  # noqa: E402
 
 
 def old_package(rev: str, folder: Path):
-    """The package at `rev` as `fedplug_old`, and its version of fedplug_loop.fedplug_rounds."""
+    """The package at `rev` as `fedplug_old`: its version of fedplug_loop (a namespace), its load_config."""
     tar = subprocess.run(["git", "archive", rev, "fedplug"], cwd=HERE.parents[1], capture_output=True, check=True)
     tarfile.open(fileobj=io.BytesIO(tar.stdout)).extractall(folder)
     (folder / "fedplug").rename(folder / "fedplug_old")
@@ -51,55 +54,53 @@ def old_package(rev: str, folder: Path):
     exec(compile((HERE / "fedplug_loop.py").read_text().replace("from fedplug.", "from fedplug_old."),
                  "fedplug_loop_old", "exec"), namespace)
     from fedplug_old.config import load_config
-    return namespace["fedplug_rounds"], load_config
+    return namespace, load_config
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--before", required=True)
-    parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--turns", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=240)
+    parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--calls", action="store_true")
     parser.add_argument("--cpu", action="store_true")
     args = parser.parse_args()
-    if args.cpu:  # every contender times its rounds with time.perf_counter: make that this thread's CPU clock
-        time.perf_counter = time.thread_time
     torch.set_num_threads(1)
-    old_rounds, old_load = old_package(args.before, Path(tempfile.mkdtemp(prefix="fedplug-before-")))
+    old_loop, old_load = old_package(args.before, Path(tempfile.mkdtemp(prefix="fedplug-before-")))
     data = lr_workload()
     train = data.splits["train"]
     new_cfg = lr_config("sequential")
     old_cfg = old_load(None, dotted(new_cfg.to_dict()))  # the same values, validated by the old code
-    contenders = {"plain loop": lambda: plain_loop(train.x, train.y, list(train.offsets), args.rounds, 10, CLASSES),
-                  "before": lambda: old_rounds(old_cfg, data, args.rounds),
-                  "after": lambda: fedplug_rounds(new_cfg, data, args.rounds)}
+    command = f"python benchmarks/speed/bench_before_after.py --before {args.before} --rounds {args.rounds}"
     if args.calls:
+        runs = {"plain loop": lambda: plain_loop(train.x, train.y, list(train.offsets), args.rounds, 10, CLASSES),
+                "before": lambda: old_loop["fedplug_rounds"](old_cfg, data, args.rounds),
+                "after": lambda: fedplug_rounds(new_cfg, data, args.rounds)}
         calls = {}
-        for name, fn in contenders.items():
+        for name, fn in runs.items():
             fn()  # warm-up: first-call imports and caches are not the rounds' work
             profile = cProfile.Profile()
             profile.runcall(fn)
             calls[name] = pstats.Stats(profile).total_calls
-        print(json.dumps({"command": f"python benchmarks/speed/bench_before_after.py --before {args.before} "
-                                     f"--rounds {args.rounds} --calls", "python_calls": calls}))
+        print(json.dumps({"command": command + " --calls", "python_calls": calls}))
         return
-    turns: dict[str, list[list[float]]] = {k: [] for k in contenders}
-    params = {}
-    for _ in range(args.turns):
-        for name, fn in contenders.items():
-            result = fn()
-            turns[name].append(result["seconds"][1:])  # the first round pays for warm-up
-            params[name] = result["params"]
-    median = {k: statistics.median(s for turn in v for s in turn) for k, v in turns.items()}
-    fastest = {k: statistics.mean(min(per_round) for per_round in zip(*v)) for k, v in turns.items()}
+    ratios: dict[str, list[float]] = {"before": [], "after": [], "after_vs_before": []}
+    identical = True
+    for repeat in range(args.repeats):
+        streams = {"plain loop": plain_rounds(train.x, train.y, list(train.offsets), 10, CLASSES),
+                   "before": old_loop["FedplugRounds"](old_cfg, data), "after": FedplugRounds(new_cfg, data)}
+        seconds, params = paired(streams, args.rounds, time.thread_time if args.cpu else time.perf_counter)
+        ratios["before"].append(paired_ratio(seconds, "before", "plain loop"))
+        ratios["after"].append(paired_ratio(seconds, "after", "plain loop"))
+        ratios["after_vs_before"].append(paired_ratio(seconds, "after", "before"))
+        identical &= all(torch.equal(params["before"][n], params["after"][n]) for n in params["after"])
+        print(f"repeat {repeat + 1}: " + ", ".join(f"{k} {v[-1]:.3f}" for k, v in ratios.items()), file=sys.stderr)
     print(json.dumps({
-        "command": f"python benchmarks/speed/bench_before_after.py --before {args.before} --rounds {args.rounds} "
-                   f"--turns {args.turns}" + (" --cpu" if args.cpu else ""),
-        "seconds_per_round": median,
-        "vs_plain_loop": {k: v / median["plain loop"] for k, v in median.items()},
-        "min_of_turns_vs_plain_loop": {k: v / fastest["plain loop"] for k, v in fastest.items()},
-        "after_vs_before": median["after"] / median["before"],
-        "before_after_bit_identical": all(torch.equal(params["before"][n], params["after"][n]) for n in params["after"]),
+        "command": command + f" --repeats {args.repeats}" + (" --cpu" if args.cpu else ""),
+        "load_average": round(os.getloadavg()[0], 1),
+        "vs_plain_loop": {k: statistics.median(ratios[k]) for k in ("before", "after")},
+        "after_vs_before": statistics.median(ratios["after_vs_before"]),
+        "per_repeat": ratios, "before_after_bit_identical": identical,
     }))
 
 

@@ -1,12 +1,13 @@
 """The 100-client LR workload: plain loop, plain vmap, fedplug sequential and fedplug vectorized, per round.
 
-Each contender trains the same rounds (same clients, same batches) in this one process, in turns
-(`--repeats` turns, the median round of all turns counts), one PyTorch thread. Also reported: each
-round's fastest turn, averaged over the rounds ("min of turns"): on a shared machine, other jobs only
-ever add time, so the fastest of interleaved turns is the figure least moved by them. Prints a JSON
+The contenders train the same rounds (same clients, same batches) in this one process, round by round
+(round_timing.paired: the order rotates each round), one PyTorch thread, `--repeats` times `--rounds`
+rounds. Reported: each one's median round (wall clock), and its ratios to the plain vmap and the plain
+loop, each the median over all rounds of its round time over theirs in the same round (rounds that ran
+milliseconds apart, so what other jobs on a shared machine do moves the ratios little). Prints a JSON
 line and rewrites benchmarks/results/speed.md.
 
-    python benchmarks/speed/bench_lr_workload.py [--rounds 40] [--repeats 3]
+    python benchmarks/speed/bench_lr_workload.py [--rounds 240] [--repeats 3]
 """
 from __future__ import annotations
 
@@ -18,41 +19,36 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fedplug_loop import fedplug_rounds  # noqa: E402
+from fedplug_loop import FedplugRounds  # noqa: E402
 from lr_workload import CLASSES, lr_config, lr_workload  # noqa: E402
-from plain_lr import plain_loop, plain_vmap  # noqa: E402
+from plain_lr import plain_rounds, plain_vmap_rounds  # noqa: E402
 from report import save  # noqa: E402
+from round_timing import paired, paired_ratio  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--rounds", type=int, default=240)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(1)
     data = lr_workload()
     train = data.splits["train"]
     offsets = list(train.offsets)
-    contenders = {
-        "plain loop": lambda: plain_loop(train.x, train.y, offsets, args.rounds, 10, CLASSES),
-        "plain vmap": lambda: plain_vmap(train.x, train.y, offsets, args.rounds, 10, CLASSES),
-        "fedplug sequential": lambda: fedplug_rounds(lr_config("sequential"), data, args.rounds),
-        "fedplug vectorized": lambda: fedplug_rounds(lr_config("vectorized"), data, args.rounds),
-    }
-    turns: dict[str, list[list[float]]] = {k: [] for k in contenders}
-    params = {}
+    seconds: dict[str, list[float]] = {}
     for _ in range(args.repeats):
-        for name, fn in contenders.items():
-            result = fn()
-            turns[name].append(result["seconds"][1:])  # the first round pays for warm-up
-            params[name] = result["params"]
-    median = {k: statistics.median(s for turn in v for s in turn) for k, v in turns.items()}
-    fastest = {k: statistics.mean(min(per_turn) for per_turn in zip(*v)) for k, v in turns.items()}
-    runs = {k: {"seconds_per_round": median[k], "vs_plain_vmap": median[k] / median["plain vmap"],
-                "vs_plain_loop": median[k] / median["plain loop"], "min_of_turns": fastest[k],
-                "min_of_turns_vs_plain_loop": fastest[k] / fastest["plain loop"],
+        streams = {"plain loop": plain_rounds(train.x, train.y, offsets, 10, CLASSES),
+                   "plain vmap": plain_vmap_rounds(train.x, train.y, offsets, 10, CLASSES),
+                   "fedplug sequential": FedplugRounds(lr_config("sequential"), data),
+                   "fedplug vectorized": FedplugRounds(lr_config("vectorized"), data)}
+        repeat, params = paired(streams, args.rounds)
+        for name, times in repeat.items():
+            seconds.setdefault(name, []).extend(times)
+    runs = {k: {"seconds_per_round": statistics.median(seconds[k]),
+                "vs_plain_vmap": paired_ratio(seconds, k, "plain vmap"),
+                "vs_plain_loop": paired_ratio(seconds, k, "plain loop"),
                 "max_diff": max(float((params[k][n] - params["plain loop"][n]).abs().max()) for n in params[k])}
-            for k in contenders}
+            for k in seconds}
     save("lr_workload", {"command": f"python benchmarks/speed/bench_lr_workload.py --rounds {args.rounds} "
                                     f"--repeats {args.repeats}", "runs": runs,
                          "goal": "fedplug vectorized <= 1.2x plain vmap per round"})

@@ -6,13 +6,16 @@ can be compared with fedplug's (the benchmark prints the largest difference).
 """
 from __future__ import annotations
 
-import time
+import itertools
+from typing import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
+
+from round_timing import timed
 
 
 def seed_for(root: int, *path: int) -> int:
@@ -41,15 +44,14 @@ def sgd_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: 
         opt.step()
 
 
-def plain_loop(x: torch.Tensor, y: torch.Tensor, offsets: list[int], rounds: int, per_round: int, classes: int,
-               batch_size: int = 20, lr: float = 0.1, seed: int = 0) -> dict:
-    """One model, one client after another, one epoch of batches each (torch.optim.SGD)."""
+def plain_rounds(x: torch.Tensor, y: torch.Tensor, offsets: list[int], per_round: int, classes: int,
+                 batch_size: int = 20, lr: float = 0.1, seed: int = 0) -> Iterator[tuple[dict, int]]:
+    """One model, one client after another, one epoch of batches each (torch.optim.SGD): round after round,
+    (the new global parameters, the samples trained on) per round, as long as asked."""
     model = _init(x.shape[1], classes, seed)
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     global_params = [p.detach().clone() for p in model.parameters()]
-    seconds, samples = [], 0
-    for r in range(1, rounds + 1):
-        started = time.perf_counter()
+    for r in itertools.count(1):
         sums, total = [torch.zeros_like(p) for p in global_params], 0
         for c in _sample(len(offsets) - 1, per_round, seed, r):
             with torch.no_grad():
@@ -62,14 +64,19 @@ def plain_loop(x: torch.Tensor, y: torch.Tensor, offsets: list[int], rounds: int
                 s.add_(p.detach(), alpha=xc.shape[0])
             total += xc.shape[0]
         global_params = [s / total for s in sums]
-        samples += total
-        seconds.append(time.perf_counter() - started)
-    return {"seconds": seconds, "samples": samples, "params": dict(zip(["fc.weight", "fc.bias"], global_params))}
+        yield dict(zip(["fc.weight", "fc.bias"], global_params)), total
 
 
-def plain_vmap(x: torch.Tensor, y: torch.Tensor, offsets: list[int], rounds: int, per_round: int, classes: int,
+def plain_loop(x: torch.Tensor, y: torch.Tensor, offsets: list[int], rounds: int, per_round: int, classes: int,
                batch_size: int = 20, lr: float = 0.1, seed: int = 0) -> dict:
-    """The sampled clients together: vmap(grad) over stacked parameters, padded batches with masks."""
+    """`rounds` rounds of `plain_rounds`, each timed."""
+    return timed(plain_rounds(x, y, offsets, per_round, classes, batch_size, lr, seed), rounds)
+
+
+def plain_vmap_rounds(x: torch.Tensor, y: torch.Tensor, offsets: list[int], per_round: int, classes: int,
+                      batch_size: int = 20, lr: float = 0.1, seed: int = 0) -> Iterator[tuple[dict, int]]:
+    """The sampled clients together: vmap(grad) over stacked parameters, padded batches with masks (round after
+    round, as `plain_rounds`)."""
     model = _init(x.shape[1], classes, seed)
     global_params = {n: p.detach().clone() for n, p in model.named_parameters()}
 
@@ -78,9 +85,7 @@ def plain_vmap(x: torch.Tensor, y: torch.Tensor, offsets: list[int], rounds: int
         return (per_row * mask).sum() / mask.sum().clamp(min=1)
 
     grads_of = vmap(grad(loss_fn))
-    seconds, samples = [], 0
-    for r in range(1, rounds + 1):
-        started = time.perf_counter()
+    for r in itertools.count(1):
         clients = _sample(len(offsets) - 1, per_round, seed, r)
         sizes = [offsets[c + 1] - offsets[c] for c in clients]
         steps = -(-max(sizes) // batch_size)
@@ -99,6 +104,4 @@ def plain_vmap(x: torch.Tensor, y: torch.Tensor, offsets: list[int], rounds: int
         weights = torch.tensor(sizes, dtype=torch.float32)
         global_params = {n: (p * weights.view(-1, *[1] * (p.dim() - 1))).sum(dim=0) / weights.sum()
                          for n, p in params.items()}
-        samples += sum(sizes)
-        seconds.append(time.perf_counter() - started)
-    return {"seconds": seconds, "samples": samples, "params": {f"fc.{n}": t for n, t in global_params.items()}}
+        yield {f"fc.{n}": t for n, t in global_params.items()}, sum(sizes)
