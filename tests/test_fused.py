@@ -110,11 +110,12 @@ def test_fused_equals_the_hooks(small_cfg, fused_calls, case: str) -> None:
     assert_same(runs)
 
 
-def test_gradient_transforms_and_clip_in_the_fused_loop(small_cfg, fused_calls) -> None:
+@pytest.mark.parametrize("clip", [0.0, 0.3])
+def test_gradient_transforms_and_clip_in_the_fused_loop(small_cfg, fused_calls, clip: float) -> None:
     def halve_and_pull(grads, values):
         return {n: 0.5 * g + 0.1 * values[n] for n, g in grads.items()}
 
-    runs = train_both(small_cfg(dataloader__batch_size=4, grad__grad_clip=0.3), transforms=[halve_and_pull] * 2)
+    runs = train_both(small_cfg(dataloader__batch_size=4, grad__grad_clip=clip), transforms=[halve_and_pull] * 2)
     assert fused_calls
     assert_same(runs)
 

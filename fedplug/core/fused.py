@@ -15,7 +15,10 @@ Two shortcuts, the same values: while no hook is registered on `ctx.model` or `c
 a global module hook, nor compiled, nor traced), the loop calls their `forward` directly, which is
 all `nn.Module.__call__` does then (fedplug/core/module_calls.py; asked at every batch, so a hook
 registered at any time runs). On CPU each batch's loss is read at once with `.item()` (no device to
-wait for, cheaper than stacking the epoch's losses); elsewhere once per epoch.
+wait for, cheaper than stacking the epoch's losses); elsewhere once per epoch. Whether batches must be
+moved to the device and whether a step has gradient transforms or clipping is asked once per epoch
+(nothing that runs between the batches changes either); when neither, the loop makes `gather`'s two
+index ops and `backward_step`'s three calls itself.
 """
 from __future__ import annotations
 
@@ -49,14 +52,25 @@ def train_batches(ctx: Context, batches: int) -> None:
     # `forward` itself when calling the module would do nothing more (fedplug/core/module_calls.py), asked per call
     model_plain, criterion_plain = plain_callable(model), plain_callable(criterion)
     read_now = reads_each_loss(device)
+    # Asked once per epoch, what `gather` and `backward_step` would find at every batch: rows of tensors on the
+    # model's device stay there (two index ops), and with no gradient transform and no clipping a step is
+    # zero_grad, backward, step.
+    in_place = (type(x) is torch.Tensor and type(y) is torch.Tensor
+                and (device is None or x.device == device == y.device))
+    bare_step = not ctx.get("gradient_transforms") and not clip > 0
     losses, sizes = [], []  # losses: floats when read_now, else the 0-d tensors, read after the last batch
     for batch_i in range(batches):
         start = batch_i * size
         index = order[start:start + size]
-        x_batch, y_batch = gather(x, y, index, device)
+        x_batch, y_batch = (x[index], y[index]) if in_place else gather(x, y, index, device)
         y_prob = (callee(model) if model_plain else model)(x_batch)
         loss = (callee(criterion) if criterion_plain else criterion)(y_prob, y_batch)
-        backward_step(ctx, optimizer, loss, clip)
+        if bare_step:
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        else:
+            backward_step(ctx, optimizer, loss, clip)
         losses.append(loss.item() if read_now else loss.detach())
         sizes.append(index.shape[0])
     # Either way the same float32 values, summed in the same order as `_hook_on_batch_end` sums them.
