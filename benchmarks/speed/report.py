@@ -57,19 +57,15 @@ def write_markdown() -> None:
         lines += ["## 100-client LR workload (60 features, 10 classes, 100-200 samples, 10 per round, "
                   "1 epoch of batch 20, SGD 0.1)", ""]
         lines += _table(lr, "| implementation | seconds per round (median) | vs. plain vmap | vs. plain loop | "
-                        "min of turns: seconds per round, vs. plain loop | max param diff to plain loop |",
-                        [(k, f"{v['seconds_per_round']:.4f}", f"{v['vs_plain_vmap']:.2f}x",
-                          f"{v['vs_plain_loop']:.2f}x",
-                          f"{v['min_of_turns']:.4f}, {v['min_of_turns_vs_plain_loop']:.2f}x" if "min_of_turns" in v
-                          else "-", f"{v['max_diff']:.1e}") for k, v in lr["runs"].items()])
-        lines += ["Min of turns: each round's fastest turn, averaged over the rounds (other jobs on a shared "
-                  "machine only add time).", "",
-                  "Goal (issue 15): fedplug sequential at most 1.15x the plain loop; not met. Wall clock on the idle "
-                  "machine before the fused batch loop: 1.21-1.36x (2026-12-01 09:01-09:03 UTC); with it, by the "
-                  "thread's CPU time at load 6 (`bench_before_after.py --before main --rounds 20 --turns 8 --cpu`, "
-                  "14:08 UTC): 1.29x before, 1.21x after. Under load the wall-clock table above moves by more than "
-                  "that between runs. Before/after figures of each pass and what remains: benchmarks/README.md, "
-                  "\"Per-hook overhead of the sequential backend\".", ""]
+                        "max param diff to plain loop |",
+                        [(k, f"{v['seconds_per_round']:.4f}", f"{v['vs_plain_vmap']:.2f}x", f"{v['vs_plain_loop']:.3f}x",
+                          f"{v['max_diff']:.1e}") for k, v in lr["runs"].items()])
+        lines += ["Ratios: the median over all rounds of a contender's round over the other's in the same round (the "
+                  "contenders take turns round by round, benchmarks/speed/round_timing.py).", "",
+                  "Goal (issue 15): fedplug sequential at most 1.15x the plain loop; not met: 1.22x by this measure "
+                  "(and by the thread's CPU time, `bench_before_after.py --cpu`, whose repeats agree within 0.01). "
+                  "Where the rest goes, layer by layer (`overhead_layers.py`), and each pass's before/after: "
+                  "benchmarks/README.md, \"Per-hook overhead of the sequential backend\".", ""]
     for name, title in (("convnet2_standin", "ConvNet2 on the handwriting stand-in (MNIST, never FEMNIST)"),
                         ("lstm_shakespeare", "CharLSTM on Shakespeare")):
         res = _load(name)

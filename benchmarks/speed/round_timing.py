@@ -8,9 +8,9 @@ Why `paired`: on a shared machine the speed of the cores moves by 10-30% within 
 another guest on the host), so contenders timed in turns of whole runs see different machines, and their
 ratio moved by +-0.1 between runs of the same code. Taking the contenders round by round, in an order
 that rotates each round, and reading the ratio of each contender's round to the baseline's round beside
-it, compares rounds that ran within milliseconds of each other; the median of those per-round ratios
-moved by less than 0.01 between runs (benchmarks/README.md, "Per-hook overhead of the sequential
-backend", fifth pass).
+it, compares rounds that ran within milliseconds of each other: for identical code, the medians of
+those per-round ratios in four repeats agreed within about 0.01 (benchmarks/README.md, "Per-hook
+overhead of the sequential backend", fifth pass).
 """
 from __future__ import annotations
 
