@@ -6,8 +6,8 @@ script measures in place instead: fedplug's rounds against the plain loop's, rou
 (round_timing.paired, thread CPU time), first as they are, then with one layer after another replaced by
 the plain loop's code for the same arithmetic (a stand-in monkeypatched in for this process only):
 
-  1. batches: the fused loop's model and criterion calls as the plain loop makes them (`model.fc(x)`,
-     `F.cross_entropy`): what the model's wrapper module and the criterion module cost;
+  1. batches: the fused loop's epoch as the plain loop's (`sgd_epoch` on `model.fc`, `F.cross_entropy`, no
+     loss read): the model's wrapper module, the criterion module and the fused loop's per-batch work;
   2. routine: `Trainer.run_routine` as a bare loop (shuffle, a fresh SGD, the batches): the hooks, their
      Context writes and the fused loop's set-up;
   3. trainer: `Trainer.train` as that bare loop, no Context: the Context and the schedule;
@@ -28,6 +28,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -39,12 +40,16 @@ from round_timing import paired, paired_ratio  # noqa: E402
 
 import fedplug.core.trainer as trainer_module  # noqa: E402
 from fedplug.backends.sequential import SequentialBackend  # noqa: E402
+from fedplug.core.context import Context  # noqa: E402
+from fedplug.core.hooks import HookTable  # noqa: E402
+from fedplug.core.params import Params  # noqa: E402
+from fedplug.core.trainer import Trainer  # noqa: E402
 from fedplug.seeding import CLIENT_TRAINING, generator  # noqa: E402
 
 BATCH = 20
 
 
-def plain_batches(ctx, batches: int) -> None:
+def plain_batches(ctx: Context, batches: int) -> None:
     """The fused loop's epoch with the plain loop's calls; the Context left as the fused loop leaves it."""
     sgd_epoch(ctx.model.fc, ctx.optimizer, ctx.x, ctx.y, ctx.batch_order, BATCH)
     ctx.__dict__.update(cur_batch_i=batches - 1, num_samples=ctx.num_samples + ctx.x.shape[0])
@@ -58,15 +63,16 @@ def bare_update(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, gen: t
     return {"train_total": x.shape[0], "train_steps": -(-x.shape[0] // BATCH), "train_loss": 0.0}
 
 
-def bare_routine(table, ctx) -> None:
+def bare_routine(table: HookTable, ctx: Context) -> None:
     ctx.results = bare_update(ctx.model, ctx.x, ctx.y, ctx.generator, ctx.lr)
 
 
-def bare_train(self, x, y, generator, **extra) -> dict:
-    return bare_update(self.model, x, y, generator, self.cfg.train.optimizer.lr)
+def bare_train(self: Trainer, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, **extra: Any) -> dict:
+    return bare_update(self.model, x, y, generator, self.cfg.train.optimizer.lr)  # the backend passes generator=
 
 
-def bare_visit(self, client, round_num, global_params, extras=None) -> dict:
+def bare_visit(self: SequentialBackend, client: int, round_num: int, global_params: Params,
+               extras: dict | None = None) -> dict:
     with torch.no_grad():
         for p, g in zip(self.model.parameters(), global_params.values()):
             p.copy_(g)
