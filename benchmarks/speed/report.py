@@ -58,8 +58,8 @@ def write_markdown() -> None:
                   "1 epoch of batch 20, SGD 0.1)", ""]
         lines += _table(lr, "| implementation | seconds per round (median) | vs. plain vmap | vs. plain loop | "
                         "max param diff to plain loop |",
-                        [(k, f"{v['seconds_per_round']:.4f}", f"{v['vs_plain_vmap']:.2f}x", f"{v['vs_plain_loop']:.3f}x",
-                          f"{v['max_diff']:.1e}") for k, v in lr["runs"].items()])
+                        [(k, f"{v['seconds_per_round']:.4f}", f"{v['vs_plain_vmap']:.2f}x",
+                          f"{v['vs_plain_loop']:.3f}x", f"{v['max_diff']:.1e}") for k, v in lr["runs"].items()])
         lines += ["Ratios: the median over all rounds of a contender's round over the other's in the same round (the "
                   "contenders take turns round by round, benchmarks/speed/round_timing.py).", "",
                   "Goal (issue 15): fedplug sequential at most 1.15x the plain loop; not met: 1.22x by this measure "
