@@ -10,13 +10,14 @@ docs/writing-an-algorithm.md ("Reference: the Context fields") lists every field
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from fedplug.core.context import Context, CtxVar
 from fedplug.core.hooks import HookTable
 from fedplug.core.module_calls import already_training
+from fedplug.core.optimizer_calls import optimizer_calls
 
 if TYPE_CHECKING:
     from fedplug.data.graph_rows import GraphBatch
@@ -86,18 +87,20 @@ def _hook_on_batch_forward(ctx: Context) -> None:
 
 
 def _hook_on_batch_backward(ctx: Context) -> None:
-    backward_step(ctx, ctx.optimizer, ctx.loss_task, ctx.cfg.grad.grad_clip)
+    backward_step(ctx, *optimizer_calls(ctx.optimizer), ctx.loss_task, ctx.cfg.grad.grad_clip)
 
 
-def backward_step(ctx: Context, optimizer: torch.optim.Optimizer, loss: torch.Tensor, clip: float) -> None:
-    """zero_grad, backward, the gradient point's transforms, clip, step (the backward hook's and the fused loop's)."""
-    optimizer.zero_grad()
+def backward_step(ctx: Context, zero_grad: Callable[[], None], step: Callable[[], None], loss: torch.Tensor,
+                  clip: float) -> None:
+    """zero_grad, backward, the gradient point's transforms, clip, step (the backward hook's and the fused loop's;
+    `zero_grad` and `step` the optimizer's, or their arithmetic alone: fedplug/core/optimizer_calls.py)."""
+    zero_grad()
     loss.backward()
     if ctx.get("gradient_transforms"):
         apply_gradient_transforms(ctx)
     if clip > 0:
         torch.nn.utils.clip_grad_norm_(ctx.model.parameters(), clip)
-    optimizer.step()
+    step()
 
 
 def apply_gradient_transforms(ctx: Context) -> None:

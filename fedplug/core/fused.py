@@ -29,6 +29,7 @@ from fedplug.core.default_hooks import (_hook_on_batch_backward, _hook_on_batch_
                                         _hook_on_batch_start_gather, backward_step, gather)
 from fedplug.core.hooks import HookFn
 from fedplug.core.module_calls import callee, plain_callable
+from fedplug.core.optimizer_calls import optimizer_calls
 
 
 def fusable(batch_start: tuple[HookFn, ...], forward: tuple[HookFn, ...], backward: tuple[HookFn, ...],
@@ -58,6 +59,7 @@ def train_batches(ctx: Context, batches: int) -> None:
     in_place = (type(x) is torch.Tensor and type(y) is torch.Tensor
                 and (device is None or x.device == device == y.device))
     bare_step = not ctx.get("gradient_transforms") and not clip > 0
+    zero_grad, step = optimizer_calls(optimizer)  # SGD's own, or its arithmetic alone (optimizer_calls.py)
     losses, sizes = [], []  # losses: floats when read_now, else the 0-d tensors, read after the last batch
     for batch_i in range(batches):
         start = batch_i * size
@@ -66,11 +68,11 @@ def train_batches(ctx: Context, batches: int) -> None:
         y_prob = (callee(model) if model_plain else model)(x_batch)
         loss = (callee(criterion) if criterion_plain else criterion)(y_prob, y_batch)
         if bare_step:
-            optimizer.zero_grad()
+            zero_grad()
             loss.backward()
-            optimizer.step()
+            step()
         else:
-            backward_step(ctx, optimizer, loss, clip)
+            backward_step(ctx, zero_grad, step, loss, clip)
         losses.append(loss.item() if read_now else loss.detach())
         sizes.append(index.shape[0])
     # Either way the same float32 values, summed in the same order as `_hook_on_batch_end` sums them.
