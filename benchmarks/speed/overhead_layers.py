@@ -4,11 +4,13 @@ Timing a part of fedplug in a tight loop of its own (overhead_parts.py) keeps it
 CPU's caches, and the parts so timed added up to half or less of the gap seen between whole rounds. This
 script measures in place instead: fedplug's rounds against the plain loop's, round by round
 (round_timing.paired, thread CPU time), first as they are, then with one layer after another replaced by
-the plain loop's code for the same arithmetic (a stand-in monkeypatched in for this process only):
+the plain loop's code for the same arithmetic (a stand-in monkeypatched in for this process only). The plain
+loop here writes SGD's update out (plain_lr.HandwrittenSGD), as fedplug makes it (fedplug/core/optimizer_calls.py),
+so the figures are fedplug's own layers, not torch.optim's wrappers:
 
   1. batches: the fused loop's epoch as the plain loop's (`sgd_epoch` on `model.fc`, `F.cross_entropy`, no
-     loss read): the model's wrapper module, the criterion module and the fused loop's per-batch work;
-  2. routine: `Trainer.run_routine` as a bare loop (shuffle, a fresh SGD, the batches): the hooks, their
+     loss read, the hand-written SGD step): the model's wrapper module, the criterion module and the fused loop's per-batch work;
+  2. routine: `Trainer.run_routine` as a bare loop (shuffle, a fresh hand-written SGD, the batches): the hooks, their
      Context writes and the fused loop's set-up;
   3. trainer: `Trainer.train` as that bare loop, no Context: the Context and the schedule;
   4. visit: `SequentialBackend.train_client` as the plain loop's visit around it (load the global model,
@@ -35,7 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fedplug_loop import FedplugRounds  # noqa: E402
 from lr_workload import CLASSES, lr_config, lr_workload  # noqa: E402
-from plain_lr import plain_rounds, sgd_epoch  # noqa: E402
+from plain_lr import HandwrittenSGD, plain_rounds, sgd_epoch  # noqa: E402
 from round_timing import paired, paired_ratio  # noqa: E402
 
 import fedplug.core.trainer as trainer_module  # noqa: E402
@@ -51,15 +53,15 @@ BATCH = 20
 
 def plain_batches(ctx: Context, batches: int) -> None:
     """The fused loop's epoch with the plain loop's calls; the Context left as the fused loop leaves it."""
-    sgd_epoch(ctx.model.fc, ctx.optimizer, ctx.x, ctx.y, ctx.batch_order, BATCH)
+    sgd_epoch(ctx.model.fc, HandwrittenSGD(ctx.model.fc.parameters(), ctx.lr), ctx.x, ctx.y, ctx.batch_order, BATCH)
     ctx.__dict__.update(cur_batch_i=batches - 1, num_samples=ctx.num_samples + ctx.x.shape[0])
     ctx.end_scope("batch")
 
 
 def bare_update(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, lr: float) -> dict:
-    """A local update as the plain loop makes it, but with a fresh SGD (as fedplug's contract has it)."""
+    """A local update as the plain loop makes it, but with a fresh optimizer (as fedplug's contract has it)."""
     order = torch.randperm(x.shape[0], generator=gen)
-    sgd_epoch(model.fc, torch.optim.SGD(model.parameters(), lr=lr), x, y, order, BATCH)
+    sgd_epoch(model.fc, HandwrittenSGD(model.parameters(), lr), x, y, order, BATCH)
     return {"train_total": x.shape[0], "train_steps": -(-x.shape[0] // BATCH), "train_loss": 0.0}
 
 
@@ -101,7 +103,8 @@ def main() -> None:
         if owner is not None:  # cumulative: each step keeps the stand-ins of the steps before it
             setattr(owner, attribute, stand_in)
         for _ in range(args.repeats):
-            streams = {"plain loop": plain_rounds(train.x, train.y, list(train.offsets), 10, CLASSES),
+            streams = {"plain loop": plain_rounds(train.x, train.y, list(train.offsets), 10, CLASSES,
+                                                  handwritten_sgd=True),
                        "fedplug": FedplugRounds(cfg, data)}
             seconds, _ = paired(streams, args.rounds, time.thread_time)
             ratios.setdefault(name, []).append(paired_ratio(seconds, "fedplug", "plain loop"))

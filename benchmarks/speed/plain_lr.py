@@ -33,7 +33,24 @@ def _sample(num_clients: int, k: int, seed: int, r: int) -> list[int]:
                   .tolist())
 
 
-def sgd_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, order: torch.Tensor,
+class HandwrittenSGD:
+    """SGD without momentum written out, no torch.optim: the gradients set to None, then p -= lr * grad (on CPU
+    torch.optim.SGD's arithmetic, bit for bit, without its profiler ranges, hooks and grad-mode switches)."""
+
+    def __init__(self, params: Iterator[torch.Tensor], lr: float) -> None:
+        self.params, self.lr = list(params), lr
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def step(self) -> None:
+        with torch.no_grad():
+            for p in self.params:
+                p.add_(p.grad, alpha=-self.lr)
+
+
+def sgd_epoch(model: nn.Module, opt: torch.optim.Optimizer | HandwrittenSGD, x: torch.Tensor, y: torch.Tensor, order: torch.Tensor,
               batch_size: int) -> None:
     """One client's epoch: the rows of `order` in batches, one SGD step each (also visit_before_after.py's)."""
     for start in range(0, x.shape[0], batch_size):
@@ -45,11 +62,12 @@ def sgd_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: 
 
 
 def plain_rounds(x: torch.Tensor, y: torch.Tensor, offsets: list[int], per_round: int, classes: int,
-                 batch_size: int = 20, lr: float = 0.1, seed: int = 0) -> Iterator[tuple[dict, int]]:
-    """One model, one client after another, one epoch of batches each (torch.optim.SGD): round after round,
-    (the new global parameters, the samples trained on) per round, as long as asked."""
+                 batch_size: int = 20, lr: float = 0.1, seed: int = 0,
+                 handwritten_sgd: bool = False) -> Iterator[tuple[dict, int]]:
+    """One model, one client after another, one epoch of batches each (torch.optim.SGD, or `HandwrittenSGD`):
+    round after round, (the new global parameters, the samples trained on) per round, as long as asked."""
     model = _init(x.shape[1], classes, seed)
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    opt = HandwrittenSGD(model.parameters(), lr) if handwritten_sgd else torch.optim.SGD(model.parameters(), lr=lr)
     global_params = [p.detach().clone() for p in model.parameters()]
     for r in itertools.count(1):
         sums, total = [torch.zeros_like(p) for p in global_params], 0
