@@ -2,6 +2,8 @@
 and the optimizer's calls are made whenever something could tell the difference."""
 from __future__ import annotations
 
+from typing import Callable
+
 import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
@@ -31,15 +33,25 @@ def make_sgd(model: torch.nn.Module, options: dict) -> torch.optim.SGD:
     return torch.optim.SGD(model.parameters(), **options)
 
 
-def train(options: dict, direct: bool) -> list[torch.Tensor]:
+def train(options: dict, direct: bool, register: Callable | None = None) -> list[torch.Tensor]:
+    """Five steps; after the second the learning rates halve (read at each step, as SGD reads them).
+    `register(optimizer)`, called once the calls are made, returns a handle removed after the steps."""
     model, batches = model_and_batches()
     optimizer = make_sgd(model, dict(options))
     zero_grad, step = optimizer_calls(optimizer) if direct else (optimizer.zero_grad, optimizer.step)
-    for x, y in batches:
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        zero_grad()
-        loss.backward()
-        step()
+    handle = register(optimizer) if register else None
+    try:
+        for i, (x, y) in enumerate(batches):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            zero_grad()
+            loss.backward()
+            step()
+            if i == 1:
+                for group in optimizer.param_groups:
+                    group["lr"] *= 0.5
+    finally:
+        if handle is not None:
+            handle.remove()
     return [p.detach().clone() for p in model.parameters()]
 
 
@@ -102,24 +114,15 @@ def test_the_optimizers_own_calls_where_torchs_are_patched(monkeypatch, method: 
 @pytest.mark.parametrize("where", ["pre", "post", "global_pre", "global_post"])
 def test_a_step_hook_registered_later_runs(where: str) -> None:
     """A step hook registered after the calls were made (on the optimizer or globally) runs at every step."""
-    model, batches = model_and_batches()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    zero_grad, step = optimizer_calls(optimizer)
     seen: list[int] = []
     hook = lambda opt, args, kwargs: seen.append(1)  # noqa: E731
-    handle = {"pre": lambda: optimizer.register_step_pre_hook(hook),
-              "post": lambda: optimizer.register_step_post_hook(hook),
-              "global_pre": lambda: register_optimizer_step_pre_hook(hook),
-              "global_post": lambda: register_optimizer_step_post_hook(hook)}[where]()
-    try:
-        for x, y in batches:
-            zero_grad()
-            torch.nn.functional.cross_entropy(model(x), y).backward()
-            step()
-    finally:
-        handle.remove()
-    assert len(seen) == len(batches)
-    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), train(OPTIONS["plain"], direct=False)))
+    register = {"pre": lambda opt: opt.register_step_pre_hook(hook),
+                "post": lambda opt: opt.register_step_post_hook(hook),
+                "global_pre": lambda opt: register_optimizer_step_pre_hook(hook),
+                "global_post": lambda opt: register_optimizer_step_post_hook(hook)}[where]
+    params = train(OPTIONS["plain"], direct=True, register=register)
+    assert len(seen) == len(model_and_batches()[1])
+    assert all(torch.equal(a, b) for a, b in zip(params, train(OPTIONS["plain"], direct=False)))
 
 
 def test_a_running_profiler_sees_the_optimizers_ranges(small_cfg) -> None:

@@ -4,20 +4,20 @@ arithmetic, the arithmetic alone.
 Around its arithmetic `Optimizer.zero_grad` opens a profiler range (a dispatcher op in and one out) behind a
 dynamo guard, and `SGD.step` opens another, switches grad mode twice, runs the optimizer step hooks and
 gathers its parameter group; on a small model that costs more than the update itself (on CPU, a 60x10
-linear layer: about 45 us of a 130 us batch). `direct_sgd_step(optimizer)` returns a function that does
-`optimizer.zero_grad(); loss.backward(); optimizer.step()` for a loss with the same tensor operations
-(the gradients set to None, backward, torch.optim's functional `sgd` on the parameters that have a gradient,
-under no_grad, with `foreach` as SGD would pick it), when the optimizer is a torch.optim.SGD as torch made
-it: SGD's own `step` and `zero_grad` (none set on the instance, as an LR scheduler sets `step`), no momentum
-(so no state to keep), no tensor learning rate, not differentiable, not fused, no gradient scaling. Else it
-returns None, and the caller makes the three calls.
+linear layer: about 45 us of a 130 us batch). `optimizer_calls(optimizer)` returns (zero_grad, step): the
+optimizer's own, or, when the optimizer is a torch.optim.SGD as torch made it (SGD's own `step` and
+`zero_grad`, none set on the instance, as an LR scheduler sets `step`; no momentum, so no state to keep; no
+tensor learning rate; not differentiable, not fused; no gradient scaling), functions making the same
+tensor operations: the gradients set to None; under no_grad, torch.optim's functional `sgd` on the
+parameters that have a gradient, with `foreach` as SGD would pick it, or, with one group, no weight decay,
+no maximize and one tensor at a time (SGD's pick on CPU), the update that call makes, `p.add_(grad,
+alpha=-lr)` per parameter, written here because the call costs more than the update.
 
-What changes only by code outside an epoch's batches (the class, the instance's methods, the group's
-options other than the ones SGD reads at each step) is asked once, when the function is made. What any code
-may change at any time is asked at every step, as SGD asks it: the step hooks (the optimizer's and the
-global ones) and a running profiler (whose trace must show the optimizer's ranges) send the step through
-the optimizer's own calls; the learning rate, weight decay, dampening and maximize are read from the group
-at each step.
+What changes only by code outside an epoch's batches (the class, the instance's methods, the groups'
+options but the learning rate) is asked when the functions are made: once per epoch in the fused loop,
+at every step through the hooks. What any code may change at any time is asked at every call, as torch
+asks it: the step hooks (the optimizer's and the global ones) and a running profiler (whose trace must
+show the optimizer's ranges) send the call to the optimizer; the learning rate is read at each step.
 """
 from __future__ import annotations
 
@@ -61,6 +61,10 @@ def optimizer_calls(optimizer: torch.optim.Optimizer) -> tuple[Callable[[], None
     foreach = [group["foreach"] if group["foreach"] is not None
                else torch_optimizer._default_to_fused_or_foreach(group["params"], differentiable=False)[1]
                for group in groups]
+    # One group, no weight decay, no maximize, one tensor at a time (SGD's pick on CPU): then the functional's
+    # update is `p.add_(grad, alpha=-lr)` per parameter with a gradient, made here at a fraction of the call's cost.
+    only = groups[0]
+    single = len(groups) == 1 and not foreach[0] and only["weight_decay"] == 0 and not only["maximize"]
     pre_hooks, post_hooks = optimizer._optimizer_step_pre_hooks, optimizer._optimizer_step_post_hooks
 
     def zero_grad() -> None:
@@ -76,6 +80,12 @@ def optimizer_calls(optimizer: torch.optim.Optimizer) -> tuple[Callable[[], None
             optimizer.step()
             return
         with torch.no_grad():
+            if single:
+                lr = only["lr"]
+                for p in params:
+                    if p.grad is not None:
+                        p.add_(p.grad, alpha=-lr)
+                return
             for group, group_foreach in zip(groups, foreach):
                 with_grad = [p for p in group["params"] if p.grad is not None]
                 grads = [p.grad for p in with_grad]
