@@ -9,7 +9,8 @@ loop here writes SGD's update out (plain_lr.HandwrittenSGD), as fedplug makes it
 so the figures are fedplug's own layers, not torch.optim's wrappers:
 
   1. batches: the fused loop's epoch as the plain loop's (`sgd_epoch` on `model.fc`, `F.cross_entropy`, no
-     loss read, the hand-written SGD step): the model's wrapper module, the criterion module and the fused loop's per-batch work;
+     loss read, the hand-written SGD step): the model's wrapper module, the criterion module and the fused
+     loop's per-batch work;
   2. routine: `Trainer.run_routine` as a bare loop (shuffle, a fresh hand-written SGD, the batches): the hooks, their
      Context writes and the fused loop's set-up;
   3. trainer: `Trainer.train` as that bare loop, no Context: the Context and the schedule;

@@ -50,8 +50,8 @@ class HandwrittenSGD:
                 p.add_(p.grad, alpha=-self.lr)
 
 
-def sgd_epoch(model: nn.Module, opt: torch.optim.Optimizer | HandwrittenSGD, x: torch.Tensor, y: torch.Tensor, order: torch.Tensor,
-              batch_size: int) -> None:
+def sgd_epoch(model: nn.Module, opt: torch.optim.Optimizer | HandwrittenSGD, x: torch.Tensor, y: torch.Tensor,
+              order: torch.Tensor, batch_size: int) -> None:
     """One client's epoch: the rows of `order` in batches, one SGD step each (also visit_before_after.py's)."""
     for start in range(0, x.shape[0], batch_size):
         idx = order[start:start + batch_size]

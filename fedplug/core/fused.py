@@ -18,7 +18,8 @@ registered at any time runs). On CPU each batch's loss is read at once with `.it
 wait for, cheaper than stacking the epoch's losses); elsewhere once per epoch. Whether batches must be
 moved to the device and whether a step has gradient transforms or clipping is asked once per epoch
 (nothing that runs between the batches changes either); when neither, the loop makes `gather`'s two
-index ops and `backward_step`'s three calls itself.
+index ops and `backward_step`'s three calls itself. Its zero_grad and step come from `optimizer_calls`, once per
+epoch: the optimizer's, or SGD's arithmetic alone while nothing needs SGD's wrappers (fedplug/core/optimizer_calls.py).
 """
 from __future__ import annotations
 
