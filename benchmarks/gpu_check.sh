@@ -16,7 +16,8 @@ PYTHON=${PYTHON:-python3}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else "gpu_check: torch %s sees no CUDA device" % torch.__version__)'
 "$PYTHON" -c 'import torch; print("gpu_check:", torch.cuda.get_device_name(), "torch", torch.__version__)'
-# 1. every device test on CUDA (CPU vs CUDA agreement for every plug-in), and the vectorized suite on CUDA
-timeout 300 "$PYTHON" -m pytest -q -x -p no:cacheprovider tests/test_device.py tests/test_vectorized.py tests/test_vmap_lstm.py
+# 1. every device test on CUDA (CPU vs CUDA agreement for every plug-in), the vectorized suite and SGD's direct
+#    calls (foreach on CUDA) on CUDA
+timeout 300 "$PYTHON" -m pytest -q -x -p no:cacheprovider tests/test_device.py tests/test_vectorized.py tests/test_vmap_lstm.py tests/test_optimizer_calls.py
 # 2. a few rounds of each reference protocol, timed
 timeout 240 "$PYTHON" benchmarks/speed/bench_gpu.py --device cuda --rounds 3

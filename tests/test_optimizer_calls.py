@@ -11,17 +11,20 @@ from torch.optim.optimizer import register_optimizer_step_post_hook, register_op
 from fedplug.core import default_hooks, fused, optimizer_calls as calls_module
 from fedplug.core.optimizer_calls import optimizer_calls
 from fedplug.core.trainer import Trainer
+from fedplug.device import deterministic
+from test_device import DEVICES
 
 
-def model_and_batches(seed: int = 0) -> tuple[torch.nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]:
-    """A small net with a parameter that gets no gradient (`unused`), and five batches."""
-    gen = torch.Generator().manual_seed(seed)
+def model_and_batches(device: str = "cpu") -> tuple[torch.nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """A small net with a parameter that gets no gradient (`unused`), and five batches, on `device`."""
+    gen = torch.Generator().manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3))
     model.register_parameter("unused", torch.nn.Parameter(torch.ones(2)))
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=gen))
-    return model, [(torch.randn(6, 5, generator=gen), torch.randint(0, 3, (6,), generator=gen)) for _ in range(5)]
+    batches = [(torch.randn(6, 5, generator=gen), torch.randint(0, 3, (6,), generator=gen)) for _ in range(5)]
+    return model.to(device), [(x.to(device), y.to(device)) for x, y in batches]
 
 
 def make_sgd(model: torch.nn.Module, options: dict) -> torch.optim.SGD:
@@ -33,10 +36,10 @@ def make_sgd(model: torch.nn.Module, options: dict) -> torch.optim.SGD:
     return torch.optim.SGD(model.parameters(), **options)
 
 
-def train(options: dict, direct: bool, register: Callable | None = None) -> list[torch.Tensor]:
+def train(options: dict, direct: bool, register: Callable | None = None, device: str = "cpu") -> list[torch.Tensor]:
     """Five steps; after the second the learning rates halve (read at each step, as SGD reads them).
     `register(optimizer)`, called once the calls are made, returns a handle removed after the steps."""
-    model, batches = model_and_batches()
+    model, batches = model_and_batches(device)
     optimizer = make_sgd(model, dict(options))
     zero_grad, step = optimizer_calls(optimizer) if direct else (optimizer.zero_grad, optimizer.step)
     handle = register(optimizer) if register else None
@@ -65,14 +68,17 @@ OPTIONS = {
 }
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", OPTIONS)
-def test_direct_calls_equal_sgds_own(case: str) -> None:
-    model, _ = model_and_batches()
+def test_direct_calls_equal_sgds_own(case: str, device: str) -> None:
+    """On each device (on CUDA SGD picks `foreach`): the same parameters, to the bit (deterministic kernels)."""
+    model, _ = model_and_batches(device)
     zero_grad, step = optimizer_calls(make_sgd(model, dict(OPTIONS[case])))
     assert getattr(step, "__self__", None) is None, "a plain SGD takes the direct calls"
-    direct, own = train(OPTIONS[case], direct=True), train(OPTIONS[case], direct=False)
+    with deterministic(True, torch.device(device)):
+        direct, own = train(OPTIONS[case], True, device=device), train(OPTIONS[case], False, device=device)
     assert all(torch.equal(a, b) for a, b in zip(direct, own))
-    assert not torch.equal(direct[0], model_and_batches()[0][0].weight)  # it trained
+    assert not torch.equal(direct[0], model[0].weight)  # it trained
 
 
 def scheduled(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
