@@ -37,8 +37,9 @@ def make_sgd(model: torch.nn.Module, options: dict) -> torch.optim.SGD:
 
 
 def train(options: dict, direct: bool, register: Callable | None = None, device: str = "cpu") -> list[torch.Tensor]:
-    """Five steps; after the second the learning rates halve (read at each step, as SGD reads them).
-    `register(optimizer)`, called once the calls are made, returns a handle removed after the steps."""
+    """The parameters and the momentum buffers after five steps; after the second the learning rates halve (read at
+    each step, as SGD reads them). `register(optimizer)`, called once the calls are made, returns a handle removed
+    after the steps."""
     model, batches = model_and_batches(device)
     optimizer = make_sgd(model, dict(options))
     zero_grad, step = optimizer_calls(optimizer) if direct else (optimizer.zero_grad, optimizer.step)
@@ -55,7 +56,8 @@ def train(options: dict, direct: bool, register: Callable | None = None, device:
     finally:
         if handle is not None:
             handle.remove()
-    return [p.detach().clone() for p in model.parameters()]
+    buffers = [optimizer.state[p]["momentum_buffer"] for p in model.parameters() if optimizer.state[p]]
+    return [p.detach().clone() for p in model.parameters()] + buffers
 
 
 OPTIONS = {
@@ -64,7 +66,10 @@ OPTIONS = {
     "maximize": {"lr": 0.01, "maximize": True},
     "foreach": {"lr": 0.1, "foreach": True},
     "no_foreach": {"lr": 0.1, "foreach": False},
-    "groups": {"lr": 0.1, "groups": [{"lr": 0.3, "weight_decay": 0.1}, {"lr": 0.05}]},
+    "groups": {"lr": 0.1, "groups": [{"lr": 0.3, "weight_decay": 0.1}, {"lr": 0.05, "momentum": 0.5}]},
+    "momentum": {"lr": 0.1, "momentum": 0.9},
+    "nesterov": {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01},
+    "dampening": {"lr": 0.1, "momentum": 0.9, "dampening": 0.3, "foreach": True},
 }
 
 
@@ -77,7 +82,7 @@ def test_direct_calls_equal_sgds_own(case: str, device: str) -> None:
     assert getattr(step, "__self__", None) is None, "a plain SGD takes the direct calls"
     with deterministic(True, torch.device(device)):
         direct, own = train(OPTIONS[case], True, device=device), train(OPTIONS[case], False, device=device)
-    assert all(torch.equal(a, b) for a, b in zip(direct, own))
+    assert len(direct) == len(own) and all(torch.equal(a, b) for a, b in zip(direct, own))
     assert not torch.equal(direct[0], model[0].weight)  # it trained
 
 
@@ -91,7 +96,6 @@ class MySGD(torch.optim.SGD):
 
 
 KEPT = {  # an optimizer whose own calls must be made
-    "momentum": lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9),
     "adam": lambda m: torch.optim.Adam(m.parameters()),
     "subclass": lambda m: MySGD(m.parameters(), lr=0.1),
     "lr_scheduler": lambda m: scheduled(torch.optim.SGD(m.parameters(), lr=0.1)),
@@ -149,6 +153,7 @@ UPDATES = {  # how a local update steps: the fused loop, with transforms, with c
     "transforms": ({}, True, False),
     "grad_clip": ({"grad__grad_clip": 0.05}, False, False),
     "weight_decay": ({"train__optimizer__weight_decay": 0.01}, False, False),
+    "momentum": ({"train__optimizer__momentum": 0.9}, False, False),
     "hooks": ({}, False, True),
 }
 

@@ -6,12 +6,13 @@ dynamo guard, and `SGD.step` opens another, switches grad mode twice, runs the o
 gathers its parameter group; on a small model that costs more than the update itself (on CPU, a 60x10
 linear layer: about 45 us of a 130 us batch). `optimizer_calls(optimizer)` returns (zero_grad, step): the
 optimizer's own, or, when the optimizer is a torch.optim.SGD as torch made it (SGD's own `step` and
-`zero_grad`, none set on the instance, as an LR scheduler sets `step`; no momentum, so no state to keep; no
-tensor learning rate; not differentiable, not fused; no gradient scaling), functions making the same
-tensor operations: the gradients set to None; under no_grad, torch.optim's functional `sgd` on the
-parameters that have a gradient, with `foreach` as SGD would pick it, or, with one group, no weight decay,
-no maximize and one tensor at a time (SGD's pick on CPU), the update that call makes, `p.add_(grad,
-alpha=-lr)` per parameter, written here because the call costs more than the update.
+`zero_grad`, none set on the instance, as an LR scheduler sets `step`; no tensor learning rate; not
+differentiable, not fused; no gradient scaling), functions making the same tensor operations: the gradients
+set to None; under no_grad, torch.optim's functional `sgd` on the parameters that have a gradient, with
+`foreach` as SGD would pick it and the momentum buffers read from and kept in `optimizer.state` as SGD keeps
+them, or, with one group, no momentum, no weight decay, no maximize and one tensor at a time (SGD's pick on
+CPU), the update that call makes, `p.add_(grad, alpha=-lr)` per parameter, written here because the call
+costs more than the update.
 
 What changes only by code outside an epoch's batches (the class, the instance's methods, the groups'
 options but the learning rate) is asked when the functions are made: once per epoch in the fused loop,
@@ -39,14 +40,14 @@ _ZERO_GRAD = torch.optim.Optimizer.zero_grad
 
 
 def plain_sgd(optimizer: torch.optim.Optimizer) -> bool:
-    """Whether `optimizer` is a torch.optim.SGD whose `zero_grad` and `step` would only do their arithmetic, and
-    that keeps no state (see the module docstring); the step hooks and the profiler are asked at each step."""
+    """Whether `optimizer` is a torch.optim.SGD whose `zero_grad` and `step` would only do their arithmetic (see the
+    module docstring); the step hooks and the profiler are asked at each step."""
     cls, own = type(optimizer), vars(optimizer)
     return (cls is torch.optim.SGD and _unhooked(cls.step) is _SGD_STEP and cls.zero_grad is _ZERO_GRAD
             and "step" not in own and "zero_grad" not in own
             and getattr(optimizer, "grad_scale", None) is None and getattr(optimizer, "found_inf", None) is None
-            and all(group["momentum"] == 0 and not group["differentiable"] and not group["fused"]
-                    and not isinstance(group["lr"], torch.Tensor) for group in optimizer.param_groups))
+            and all(not group["differentiable"] and not group["fused"] and not isinstance(group["lr"], torch.Tensor)
+                    for group in optimizer.param_groups))
 
 
 def optimizer_calls(optimizer: torch.optim.Optimizer) -> tuple[Callable[[], None], Callable[[], None]]:
@@ -61,10 +62,11 @@ def optimizer_calls(optimizer: torch.optim.Optimizer) -> tuple[Callable[[], None
     foreach = [group["foreach"] if group["foreach"] is not None
                else torch_optimizer._default_to_fused_or_foreach(group["params"], differentiable=False)[1]
                for group in groups]
-    # One group, no weight decay, no maximize, one tensor at a time (SGD's pick on CPU): then the functional's
-    # update is `p.add_(grad, alpha=-lr)` per parameter with a gradient, made here at a fraction of the call's cost.
+    # One group, no momentum, no weight decay, no maximize, one tensor at a time (SGD's pick on CPU): then the
+    # functional's update is `p.add_(grad, alpha=-lr)` per parameter with a gradient, made here for less.
     only = groups[0]
-    single = len(groups) == 1 and not foreach[0] and only["weight_decay"] == 0 and not only["maximize"]
+    single = (len(groups) == 1 and not foreach[0] and only["momentum"] == 0 and only["weight_decay"] == 0
+              and not only["maximize"])
     pre_hooks, post_hooks = optimizer._optimizer_step_pre_hooks, optimizer._optimizer_step_post_hooks
 
     def zero_grad() -> None:
@@ -86,11 +88,17 @@ def optimizer_calls(optimizer: torch.optim.Optimizer) -> tuple[Callable[[], None
                     if p.grad is not None:
                         p.add_(p.grad, alpha=-lr)
                 return
+            state = optimizer.state
             for group, group_foreach in zip(groups, foreach):
                 with_grad = [p for p in group["params"] if p.grad is not None]
                 grads = [p.grad for p in with_grad]
-                sgd(with_grad, grads, [None] * len(with_grad), has_sparse_grad=any(g.is_sparse for g in grads),
-                    foreach=group_foreach, weight_decay=group["weight_decay"], momentum=0.0, lr=group["lr"],
+                momentum = group["momentum"]
+                # SGD.step's list: the buffers with momentum (None before the first step), else none at all
+                buffers = [state[p].get("momentum_buffer") for p in with_grad] if momentum != 0 else []
+                sgd(with_grad, grads, buffers, has_sparse_grad=any(g.is_sparse for g in grads), foreach=group_foreach,
+                    weight_decay=group["weight_decay"], momentum=momentum, lr=group["lr"],
                     dampening=group["dampening"], nesterov=group["nesterov"], maximize=group["maximize"])
+                for p, buffer in zip(with_grad, buffers):  # kept where SGD keeps them (the functional made new ones)
+                    state[p]["momentum_buffer"] = buffer
 
     return zero_grad, step
