@@ -98,7 +98,7 @@ def optimizer_calls(optimizer: torch.optim.Optimizer) -> tuple[Callable[[], None
                 sgd(with_grad, grads, buffers, has_sparse_grad=any(g.is_sparse for g in grads), foreach=group_foreach,
                     weight_decay=group["weight_decay"], momentum=momentum, lr=group["lr"],
                     dampening=group["dampening"], nesterov=group["nesterov"], maximize=group["maximize"])
-                for p, buffer in zip(with_grad, buffers):  # kept where SGD keeps them (the functional made new ones)
+                for p, buffer in zip(with_grad, buffers):  # where SGD keeps them (a first step made them new)
                     state[p]["momentum_buffer"] = buffer
 
     return zero_grad, step
